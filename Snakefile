@@ -1,0 +1,24 @@
+# vislib workflow: data -> models -> explain -> evaluate -> aggregate (+ report).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/explain.smk"
+include: "rules/evaluate.smk"
+include: "rules/aggregate.smk"
+
+
+report: "report/workflow.rst"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,28 @@
+# Evaluate: score one heatmap shard with the experiment's metrics -> one Parquet shard.
+
+
+rule evaluate:
+    input:
+        heatmaps=Paths.heatmaps("{experiment}", "{dataset}", "{model}", "{layer}", "{method}", "{shard}"),
+        weights=lambda w: weights_input(w.model),
+    output:
+        Paths.metric_shard("{experiment}", "{dataset}", "{model}", "{layer}", "{method}", "{shard}"),
+    params:
+        metrics=lambda w: {m: metric_spec(config, m) for m in config["experiments"][w.experiment]["metrics"]},
+        model=lambda w: model_spec(w.model),
+        dataset=lambda w: dataset_spec(w.dataset),
+        target=lambda w: config["experiments"][w.experiment].get("target", "label"),
+        device=config["device"],
+    log:
+        "logs/evaluate/{experiment}/{dataset}/{model}/{layer}/{method}/shard_{shard}.log",
+    benchmark:
+        "benchmarks/runs/evaluate/{experiment}/{dataset}/{model}/{layer}/{method}/shard_{shard}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=3000,
+        runtime=30,
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/evaluate.py"

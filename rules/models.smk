@@ -1,0 +1,32 @@
+# Models: train those with a `train:` block (the demo net on shapes); others load pretrained or random weights.
+
+
+rule train_model:
+    input:
+        lambda w: Paths.prepared(config["models"][w.model]["train"]["dataset"]),
+    output:
+        checkpoint=Paths.checkpoint("{model}"),
+        history=Paths.training("{model}"),
+        curve=report(
+            "results/models/{model}/training_curve.png",
+            caption="../report/training.rst",
+            category="Models",
+        ),
+    params:
+        arch=lambda w: config["models"][w.model]["arch"],
+        train=lambda w: config["models"][w.model]["train"],
+        dataset=lambda w: dataset_spec(config["models"][w.model]["train"]["dataset"]),
+        device=config["device"],
+    log:
+        "logs/train_model/{model}.log",
+    benchmark:
+        "benchmarks/runs/train_model/{model}.tsv"
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/train_model.py"

@@ -1,0 +1,3 @@
+"""vislib: reproducible CNN explanation experiments."""
+
+__version__ = "0.1.0"

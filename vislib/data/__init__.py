@@ -1,0 +1,46 @@
+"""Datasets: a registry of preparers and readers that all yield vislib's COCO-format splits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vislib.data.cocoformat import CocoWriter, ImageRecord, decode_mask, encode_mask, read_coco_split
+from vislib.data.dataset import Batch, CocoFormatDataset, Sample, read_image, to_input
+from vislib.registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """How to make a dataset on disk (`prepare`) and how to read it (`open`)."""
+
+    prepare: Callable[..., dict[str, int]]  # prepare(root, **params) -> images per split
+    open: Callable[[str, str | os.PathLike, str], CocoFormatDataset]  # open(name, root, split)
+
+
+DATASETS: Registry[DatasetKind] = Registry("dataset kind")
+
+
+def open_dataset(kind: str, name: str, root: str | os.PathLike, split: str) -> CocoFormatDataset:
+    """Open a prepared split of a dataset of registered `kind`."""
+    return DATASETS[kind].open(name, root, split)
+
+
+from vislib.data import builtin  # noqa: E402,F401  (registration)
+
+__all__ = [
+    "DATASETS",
+    "Batch",
+    "CocoFormatDataset",
+    "CocoWriter",
+    "DatasetKind",
+    "ImageRecord",
+    "Sample",
+    "decode_mask",
+    "encode_mask",
+    "open_dataset",
+    "read_coco_split",
+    "read_image",
+    "to_input",
+]

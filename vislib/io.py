@@ -1,0 +1,142 @@
+"""Atomic writes, heatmap shards and Parquet files with provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vislib.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """Write JSON atomically."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+@dataclass
+class HeatmapShard:
+    """The maps one explain job produced for a shard of images (the heatmap-shard contract)."""
+
+    maps: np.ndarray  # float16 [N,h,w]
+    image_ids: np.ndarray  # int64 [N]
+    targets: np.ndarray  # int64 [N]
+    predicted: np.ndarray  # int64 [N]
+    seconds: float  # wall time of the method over the shard
+    failed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    failed_reasons: list[str] = field(default_factory=list)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def save_shard(path: str | os.PathLike, shard: HeatmapShard) -> None:
+    """Write a heatmap shard atomically (.npz)."""
+    arrays = {
+        "maps": shard.maps.astype(np.float16),
+        "image_ids": shard.image_ids.astype(np.int64),
+        "targets": shard.targets.astype(np.int64),
+        "predicted": shard.predicted.astype(np.int64),
+        "seconds": np.float64(shard.seconds),
+        "failed_ids": shard.failed_ids.astype(np.int64),
+        "failed_reasons": np.array(shard.failed_reasons, dtype=np.str_),
+    }
+    arrays.update({f"extra_{k}": v for k, v in shard.extras.items()})
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_shard(path: str | os.PathLike) -> HeatmapShard:
+    """Read a heatmap shard written by `save_shard`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            extras = {k[len("extra_"):]: data[k] for k in data.files if k.startswith("extra_")}
+            return HeatmapShard(
+                maps=data["maps"], image_ids=data["image_ids"], targets=data["targets"],
+                predicted=data["predicted"], seconds=float(data["seconds"]),
+                failed_ids=data["failed_ids"], failed_reasons=[str(r) for r in data["failed_reasons"]],
+                extras=extras,
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"heatmap shard {str(path)!r} is unreadable ({exc}); delete it to recompute") from exc
+
+
+def config_hash(config: object) -> str:
+    """Stable short hash of a JSON-serialisable config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(config: object = None, device: str = "cpu") -> dict[str, str]:
+    """Key-value metadata that says how a table was made."""
+    import torch
+    import torchvision
+
+    import vislib
+
+    return {
+        "vislib_version": vislib.__version__,
+        "git_commit": _git_commit(),
+        "config_hash": config_hash(config) if config is not None else "",
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+    }
+
+
+def write_parquet(path: str | os.PathLike, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+    """Write a Parquet file atomically with `metadata` in its key-value metadata."""
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({f"vislib.{k}".encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The vislib key-value metadata of a Parquet file."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode()[len("vislib."):]: v.decode() for k, v in meta.items() if k.startswith(b"vislib.")}

@@ -1,0 +1,269 @@
+"""Backbone activations of one layer, computed once per image and cached in float16 shards with item masks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vislib.data.dataset import read_image, to_input
+from vislib.errors import DataError, ImageDecodeError
+from vislib.io import atomic_path, write_json
+from vislib.lavise.targets import ConceptTargets
+from vislib.methods.hooks import capture_layer, frozen_model
+from vislib.models.registry import preprocessing_of
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class FeatureShard:
+    """Activations of a run of images and the concept items on them."""
+
+    features: torch.Tensor  # float16 [n,d,h,w]
+    image_index: np.ndarray  # int64 [n] positions in the targets' image list
+    item_row: np.ndarray  # int64 [m] row of `features` each item lies on
+    item_masks: torch.Tensor  # float16 [m,h,w] fraction of each cell the item's region covers
+    item_targets: torch.Tensor  # bool [m,C] multi-hot over the vocabulary
+
+
+def default_pool_size(model: nn.Module) -> tuple[int, int]:
+    """Output size of the model's own adaptive average pool (the explainer keeps it), else 1x1."""
+    pool = getattr(model, "avgpool", None)
+    if isinstance(pool, nn.AdaptiveAvgPool2d):
+        size = pool.output_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if all(isinstance(s, int) for s in size):
+            return size
+    return (1, 1)
+
+
+def pool_features(features: torch.Tensor, pool_size: tuple[int, int]) -> torch.Tensor:
+    """Average-pool [N,d,h,w] maps to `pool_size` and flatten: the explainer's input [N, d*ph*pw]."""
+    if tuple(pool_size) == (1, 1):
+        return features.mean(dim=(2, 3))
+    return F.adaptive_avg_pool2d(features, tuple(pool_size)).flatten(1)
+
+
+def _load_images(targets: ConceptTargets, indices: range, size: int) -> tuple[list[torch.Tensor], list[int],
+                                                                            dict[int, str]]:
+    tensors, kept, failed = [], [], {}
+    for i in indices:
+        img = targets.images[i]
+        try:
+            tensors.append(to_input(read_image(img.path), size))
+            kept.append(i)
+        except ImageDecodeError as exc:
+            failed[img.image_id] = str(exc)
+    return tensors, kept, failed
+
+
+def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_dir: str | os.PathLike,
+                   batch_size: int = 64, shard_size: int = 1024, pool_size: tuple[int, int] | None = None,
+                   device: str | torch.device = "cpu") -> FeatureCache:
+    """Run the backbone once over every image of `targets`; write float16 shards, masks and meta.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    prep = preprocessing_of(model)
+    size = prep.input_size
+    pool_size = tuple(pool_size or default_pool_size(model))
+    model = model.to(device)
+    start = time.perf_counter()
+    shards, failed, shape = [], {}, None
+    with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+        for shard_start in range(0, len(targets.images), shard_size):
+            rows: list[torch.Tensor] = []
+            image_index: list[int] = []
+            item_row, item_masks, item_targets = [], [], []
+            shard_end = min(shard_start + shard_size, len(targets.images))
+            for b in range(shard_start, shard_end, batch_size):
+                tensors, kept, bad = _load_images(targets, range(b, min(b + batch_size, shard_end)), size)
+                failed.update(bad)
+                if not tensors:
+                    continue
+                model(prep.normalize(torch.stack(tensors)).to(device))
+                act = capture.spatial(layer, "lavise").float().cpu()
+                shape = tuple(act.shape[1:])
+                for j, i in enumerate(kept):
+                    masks = targets.masks(i, size)
+                    if len(masks):
+                        # Coverage fractions keep objects smaller than one cell from vanishing.
+                        cover = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[None], shape[1:])[0]
+                        item_masks.append(cover)
+                        item_targets.append(torch.from_numpy(targets.target_matrix(i)))
+                        item_row += [len(image_index) + j] * len(masks)
+                image_index += kept
+                rows.append(act.half())
+            if not rows:
+                continue
+            name = f"shard_{len(shards):05d}.npz"
+            arrays = {
+                "features": torch.cat(rows).numpy(),
+                "image_index": np.asarray(image_index, np.int64),
+                "item_row": np.asarray(item_row, np.int64),
+                "item_masks": (torch.cat(item_masks) if item_masks else torch.zeros(0, *shape[1:])).half().numpy(),
+                "item_targets": (torch.cat(item_targets) if item_targets
+                                 else torch.zeros(0, len(targets.vocabulary), dtype=torch.bool)).numpy(),
+            }
+            with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+            shards.append({"file": name, "images": len(image_index), "items": len(item_row)})
+            log.info("cached %s: %d images, %d items", name, len(image_index), len(item_row))
+    if shape is None:
+        raise DataError(f"no image of {targets.source} could be decoded ({len(failed)} failed); "
+                        "check the image files")
+    targets.save(out / "targets.json")
+    meta = {
+        "format": CACHE_FORMAT, "model": getattr(model, "vislib_name", type(model).__name__), "layer": layer,
+        "channels": shape[0], "height": shape[1], "width": shape[2], "input_size": size,
+        "pool_size": list(pool_size), "vocabulary": targets.vocabulary, "source": targets.source,
+        "images": sum(s["images"] for s in shards), "items": sum(s["items"] for s in shards),
+        "shards": shards, "failed": failed, "seconds": time.perf_counter() - start,
+    }
+    # meta.json is written last: its presence marks a complete cache.
+    write_json(out / "meta.json", meta)
+    return FeatureCache(out)
+
+
+class FeatureCache:
+    """Reader of a directory written by `cache_features`."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(f"feature cache {str(self.directory)!r} is missing or incomplete (no meta.json); "
+                            "run cache_features for it")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != CACHE_FORMAT:
+            raise DataError(f"feature cache {str(self.directory)!r} has format {self.meta.get('format')}, "
+                            f"this vislib reads {CACHE_FORMAT}; delete it and cache again")
+        self._targets: ConceptTargets | None = None
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Concept words, in the column order of the item targets."""
+        return self.meta["vocabulary"]
+
+    @property
+    def pool_size(self) -> tuple[int, int]:
+        """Pooled grid the explainer sees."""
+        return tuple(self.meta["pool_size"])
+
+    @property
+    def in_features(self) -> int:
+        """Length of the explainer's input vector."""
+        return self.meta["channels"] * self.pool_size[0] * self.pool_size[1]
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shard files."""
+        return len(self.meta["shards"])
+
+    def targets(self) -> ConceptTargets:
+        """The concept targets the cache was built from."""
+        if self._targets is None:
+            self._targets = ConceptTargets.load(self.directory / "targets.json")
+        return self._targets
+
+    def shard(self, index: int) -> FeatureShard:
+        """Load shard `index`."""
+        path = self.directory / self.meta["shards"][index]["file"]
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return FeatureShard(
+                    torch.from_numpy(data["features"]), data["image_index"], data["item_row"],
+                    torch.from_numpy(data["item_masks"]), torch.from_numpy(data["item_targets"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"feature shard {str(path)!r} is unreadable ({exc}); delete the cache "
+                            "directory and cache again") from exc
+
+    def __iter__(self) -> Iterator[FeatureShard]:
+        for i in range(self.n_shards):
+            yield self.shard(i)
+
+    def image_index(self) -> np.ndarray:
+        """Target-list positions of all cached images, in cache order."""
+        return np.concatenate([self.shard(i).image_index for i in range(self.n_shards)])
+
+    def pooled_items(self, shard: FeatureShard, chunk: int = 1024) -> torch.Tensor:
+        """Explainer inputs avgpool(F * M) of every item of a shard, float32 [m, in_features]."""
+        out = []
+        for s in range(0, len(shard.item_row), chunk):
+            rows = torch.from_numpy(shard.item_row[s:s + chunk])
+            masked = shard.features[rows].float() * shard.item_masks[s:s + chunk, None].float()
+            out.append(pool_features(masked, self.pool_size))
+        return torch.cat(out) if out else torch.zeros(0, self.in_features)
+
+
+class ItemReader:
+    """Shuffled batches of (explainer input, multi-hot target) from a cache, for training.
+
+    Pooled inputs are kept in memory up to `memory_mb`, so later epochs read no shard at all.
+    """
+
+    def __init__(self, cache: FeatureCache, images: np.ndarray | None = None, concepts: np.ndarray | None = None,
+                 memory_mb: float = 2048.0) -> None:
+        self.cache = cache
+        self.images = None if images is None else set(int(i) for i in images)
+        self.concepts = None if concepts is None else torch.as_tensor(concepts, dtype=torch.long)
+        self.memory_bytes = memory_mb * 2 ** 20
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._used = 0
+
+    def _items(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index in self._kept:
+            return self._kept[index]
+        shard = self.cache.shard(index)
+        x = self.cache.pooled_items(shard)
+        t = shard.item_targets
+        keep = torch.ones(len(t), dtype=torch.bool)
+        if self.images is not None:
+            image_of_item = shard.image_index[shard.item_row]
+            keep &= torch.from_numpy(np.isin(image_of_item, list(self.images)))
+        if self.concepts is not None:
+            t = t[:, self.concepts]
+            # Items left with no concept give the loss nothing to pull towards.
+            keep &= t.any(1)
+        x, t = x[keep], t[keep]
+        size = x.numel() * x.element_size() + t.numel()
+        if self._used + size <= self.memory_bytes:
+            self._kept[index] = (x, t)
+            self._used += size
+        return x, t
+
+    def __len__(self) -> int:
+        return sum(len(self._items(i)[0]) for i in range(self.cache.n_shards))
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of batches; shard order and items within shards are shuffled with `generator`."""
+        order = (torch.randperm(self.cache.n_shards, generator=generator).tolist() if shuffle
+                 else list(range(self.cache.n_shards)))
+        carry_x, carry_t = torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
+        for index in order:
+            x, t = self._items(index)
+            if shuffle:
+                perm = torch.randperm(len(x), generator=generator)
+                x, t = x[perm], t[perm]
+            if len(carry_x):
+                x, t = torch.cat([carry_x, x]), torch.cat([carry_t, t])
+            full = len(x) // batch_size * batch_size
+            for s in range(0, full, batch_size):
+                yield x[s:s + batch_size], t[s:s + batch_size]
+            carry_x, carry_t = x[full:], t[full:]
+        if len(carry_x):
+            yield carry_x, carry_t

@@ -1,0 +1,91 @@
+"""The attribution-method contract: a registry, the Attribution result and shared validation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vislib.errors import ConfigError, VislibError
+from vislib.registry import Registry
+
+
+@dataclass
+class Attribution:
+    """Maps [N,h,w] at the method's native resolution, the explained targets and per-method extras."""
+
+    maps: torch.Tensor
+    targets: torch.Tensor
+    predicted: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AttributionMethod(ABC):
+    """A heatmap method; subclasses declare typed parameters in `defaults` and implement `_explain`."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    uses_layer: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no parameter {unknown[0]!r}; valid: {sorted(self.defaults) or 'none'}"
+            )
+        self.params = {**self.defaults, **params}
+        for key, default in self.defaults.items():
+            value = self.params[key]
+            expected = (int, float) if isinstance(default, float) else type(default)
+            if default is not None and (not isinstance(value, expected) or
+                                        (isinstance(value, bool) and not isinstance(default, bool))):
+                raise ConfigError(
+                    f"method {self.name!r} parameter {key!r} must be {type(default).__name__}, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameter values beyond their types (override where needed)."""
+
+    def explain(self, model: nn.Module, layer: str | None, images: torch.Tensor,
+                targets: torch.Tensor | None = None) -> Attribution:
+        """Explain `targets` (None: the predicted class) for a preprocessed batch [N,3,H,W]."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise VislibError(f"images must be a [N,3,H,W] batch, got shape {tuple(images.shape)}")
+        with torch.no_grad():
+            logits = model(images)
+        predicted = logits.argmax(1)
+        if targets is None:
+            targets = predicted
+        targets = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
+        if targets.numel() != images.shape[0]:
+            raise VislibError(f"got {targets.numel()} targets for {images.shape[0]} images")
+        num_classes = logits.shape[1]
+        if targets.numel() and (targets.min() < 0 or targets.max() >= num_classes):
+            bad = int(targets[(targets < 0) | (targets >= num_classes)][0])
+            raise VislibError(f"target class {bad} is outside the model's range 0..{num_classes - 1}")
+        result = self._explain(model, layer, images, targets)
+        result.predicted = predicted
+        return result
+
+    @abstractmethod
+    def _explain(self, model: nn.Module, layer: str | None, images: torch.Tensor,
+                 targets: torch.Tensor) -> Attribution:
+        """Compute the maps for validated inputs."""
+
+
+METHODS: Registry[type[AttributionMethod]] = Registry("method")
+
+
+def register(cls: type[AttributionMethod]) -> type[AttributionMethod]:
+    """Class decorator: register a method under its `name`."""
+    return METHODS.register(cls.name)(cls)
+
+
+def get(name: str, **params: Any) -> AttributionMethod:
+    """Instantiate method `name` with `params` (validated)."""
+    return METHODS[name](**params)

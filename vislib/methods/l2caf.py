@@ -1,0 +1,397 @@
+"""L2-CAF (Taha et al., ECCV 2020, arXiv 2007.09748): a unit-norm spatial filter optimised per image.
+
+One filter f [h,w], shared by all channels, multiplies the output A of the chosen layer. The free
+variable is v and the forward pass uses f = v / ||v|| (or a softmax or Gaussian mask). The
+class-oblivious variant keeps the filtered logits close to the unfiltered ones; the class-specific
+variant raises the target logit and lowers all others. Both run a whole batch at once: every image
+has its own filter, optimiser state, step counter and stopping rule, and a converged image is
+frozen while the others go on.
+
+The network before the layer runs once. Where `torch.fx` can trace the model, the rest of the graph
+is cut off as a tail module that takes the filtered activation (plus any cached value that crosses
+the cut, such as a residual branch), so each iteration runs only that tail. Where tracing fails, a
+forward hook multiplies the layer output by the filter and the whole net runs every iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import ClassVar, Protocol
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from vislib.errors import ConfigError, LayerError
+from vislib.methods.base import Attribution, AttributionMethod, register
+from vislib.methods.hooks import LayerCapture, frozen_model
+from vislib.models.registry import resolve_layer
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+INITS = ("randn", "ones")
+FINALIZERS = ("l2", "softmax", "gauss")
+FINALS = ("abs", "clamp")
+
+# The original's first reference loss (int16 max): the check at iteration 0 never stops a row.
+_FIRST_REFERENCE = 32767.0
+# tf.train.AdamOptimizer defaults, which the TF original uses.
+_ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
+# The PyTorch port's SGD schedule decays to this floor; the TF original's Adam decays to 0.
+_SGD_END_LR = 1e-5
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""on_step(iteration, masks [n,h,w] of the rows still optimised, their row indices [n])."""
+
+
+class _Tail(Protocol):
+    """The network after the filtered layer, run on the rows selected last."""
+
+    path: str
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Restrict later calls to batch rows `rows`."""
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        """Logits [n,K] with the layer output multiplied by `masks` [n,1,h,w]."""
+
+
+class _GraphTail:
+    """The fx-traced remainder of the net, fed the cached activation times the mask."""
+
+    path = "fx"
+
+    def __init__(self, module: fx.GraphModule, activation: torch.Tensor, crossing: list[torch.Tensor]) -> None:
+        self.module = module
+        self._activation_all, self._crossing_all = activation, crossing
+        self._activation, self._crossing = activation, crossing
+
+    def select(self, rows: torch.Tensor) -> None:
+        self._activation = self._activation_all[rows]
+        self._crossing = [value[rows] for value in self._crossing_all]
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        return self.module(masks * self._activation, *self._crossing)
+
+
+class _HookTail:
+    """The whole net with a forward hook that multiplies the layer output by the mask."""
+
+    path = "hook"
+
+    def __init__(self, model: nn.Module, images: torch.Tensor) -> None:
+        self.model = model
+        self._images_all = self._images = images
+        self.masks: torch.Tensor | None = None
+
+    def select(self, rows: torch.Tensor) -> None:
+        self._images = self._images_all[rows]
+
+    def hook(self, _module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook: the filtered layer output."""
+        return output * self.masks
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        self.masks = masks
+        return self.model(self._images)
+
+
+class _LeafTracer(fx.Tracer):
+    """An fx tracer that keeps the filtered layer as one call, so the graph can be cut there."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name == self.layer or super().is_leaf_module(m, module_qualified_name)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced graph once and keeps the values of the nodes asked for."""
+
+    def __init__(self, module: fx.GraphModule, wanted: set[fx.Node]) -> None:
+        super().__init__(module)
+        self.wanted = wanted
+        self.values: dict[fx.Node, object] = {}
+
+    def run_node(self, n: fx.Node):
+        value = super().run_node(n)
+        if n in self.wanted:
+            self.values[n] = value
+        return value
+
+
+def _spatial(activation: object, layer: str, method: str) -> torch.Tensor:
+    capture = LayerCapture()
+    capture.activation = activation if isinstance(activation, torch.Tensor) else None
+    return capture.spatial(layer, method)
+
+
+def _called_once(layer: str, calls: int) -> None:
+    if calls == 0:
+        raise LayerError(f"layer {layer!r} was not reached in the forward pass; pick a layer the model uses")
+    if calls > 1:
+        raise LayerError(
+            f"layer {layer!r} runs {calls} times in one forward pass, so one filter has no single place; "
+            "pick a layer used once (e.g. the enclosing block)"
+        )
+
+
+def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
+                 method: str) -> tuple[_GraphTail, torch.Tensor, torch.Tensor] | str:
+    """Cut the traced model after `layer`: (tail, activation, logits), or why it cannot be cut."""
+    tracer = _LeafTracer(layer)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types for Python control flow it cannot trace
+        return f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
+    cuts = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    _called_once(layer, len(cuts))
+    cut = cuts[0]
+    downstream = {cut}
+    for node in graph.nodes:
+        if any(inp in downstream for inp in node.all_input_nodes):
+            downstream.add(node)
+    output = next(n for n in graph.nodes if n.op == "output")
+    if output not in downstream:
+        raise LayerError(f"the output of model does not depend on layer {layer!r}; pick a layer on its path")
+    tail_nodes = [n for n in graph.nodes if n in downstream and n is not cut]
+    crossing, constants = [], []
+    for node in tail_nodes:
+        for inp in node.all_input_nodes:
+            if inp in downstream or inp in crossing or inp in constants:
+                continue
+            (constants if inp.op == "get_attr" else crossing).append(inp)
+
+    module = fx.GraphModule(tracer.root, graph)
+    recorder = _Recorder(module, {cut, output.all_input_nodes[0], *crossing})
+    with torch.no_grad():
+        logits = recorder.run(images)
+    activation = _spatial(recorder.values[cut], layer, method)
+    crossing_values = [recorder.values[n] for n in crossing]
+    for node, value in zip(crossing, crossing_values):
+        if not (isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == images.shape[0]):
+            return f"value {node.name!r} crosses the cut but is not a per-image tensor"
+
+    tail = fx.Graph()
+    env = {cut: tail.placeholder("filtered")}
+    env.update({node: tail.placeholder(f"crossing_{i}") for i, node in enumerate(crossing)})
+    env.update({node: tail.node_copy(node) for node in constants})
+    for node in tail_nodes:
+        copied = tail.node_copy(node, lambda n: env[n])
+        # An in-place op would overwrite a cached crossing value that every iteration reuses.
+        if copied.kwargs.get("inplace") is True:
+            copied.kwargs = {**copied.kwargs, "inplace": False}
+        env[node] = copied
+    return _GraphTail(fx.GraphModule(tracer.root, tail), activation, crossing_values), activation, logits
+
+
+@contextlib.contextmanager
+def _split(model: nn.Module, layer: str, images: torch.Tensor,
+           method: str) -> Iterator[tuple[_Tail, torch.Tensor, torch.Tensor]]:
+    """The net after `layer` as a tail, the layer's activation [N,C,h,w] and the unfiltered logits."""
+    module = resolve_layer(model, layer)
+    split = _graph_split(model, layer, images, method)
+    if not isinstance(split, str):
+        log.info("l2caf: fx tail at layer %r (the net before it runs once)", layer)
+        yield split
+        return
+    log.info("l2caf: hook path at layer %r (whole net every iteration): %s", layer, split)
+    captured: list[object] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    finally:
+        handle.remove()
+    _called_once(layer, len(captured))
+    activation = _spatial(captured[0], layer, method)
+    tail = _HookTail(model, images)
+    handle = module.register_forward_hook(tail.hook)
+    try:
+        yield tail, activation, logits
+    finally:
+        handle.remove()
+
+
+def _row_seed(seed: int, image: bytes, target: int | None) -> int:
+    digest = hashlib.blake2b(image, digest_size=8, key=str((seed, target)).encode()).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class _L2CAF(AttributionMethod):
+    """Shared optimisation of both L2-CAF variants."""
+
+    specific: ClassVar[bool] = False
+    defaults = {
+        "lr": 0.5,
+        "max_iters": 1000,
+        "optimizer": "adam",
+        "init": "randn",
+        "finalizer": "l2",
+        "gauss_size": 7,
+        "final": "abs",
+        # The TF fast script's and README's threshold (10e-5); the slow script and the port use 1e-6.
+        "stop_threshold": 1e-4,
+        "check_every": 50,
+        "seed": 0,
+    }
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.on_step: StepCallback | None = None
+
+    def validate(self) -> None:
+        p = self.params
+        for key, valid in (("optimizer", OPTIMIZERS), ("init", INITS), ("finalizer", FINALIZERS),
+                           ("final", FINALS)):
+            if p[key] not in valid:
+                raise ConfigError(f"method {self.name!r}: unknown {key} {p[key]!r}; valid: {', '.join(valid)}")
+        if p["gauss_size"] < 3 or p["gauss_size"] % 2 == 0:
+            raise ConfigError(
+                f"method {self.name!r}: gauss_size must be an odd integer >= 3 (the original's grid "
+                f"-3..3 is 7), got {p['gauss_size']}"
+            )
+        for key in ("lr", "max_iters", "check_every"):
+            if p[key] <= 0:
+                raise ConfigError(f"method {self.name!r}: {key} must be > 0, got {p[key]}")
+        if p["stop_threshold"] < 0:
+            raise ConfigError(f"method {self.name!r}: stop_threshold must be >= 0 (0 disables stopping), "
+                              f"got {p['stop_threshold']}")
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        with frozen_model(model), torch.enable_grad(), _split(model, layer, images, self.name) as split:
+            tail, activation, logits = split
+            h, w = activation.shape[-2:]
+            if self.specific:
+                goal = torch.ones_like(logits).scatter_(1, targets[:, None], -1.0)
+            else:
+                goal = logits
+            init = self._init(images, targets, (h, w))
+            params, iterations = self._optimize(tail, goal, init, self._grid(h, w, images.device))
+            masks = self._masks(params, self._grid(h, w, images.device))
+        extras = {"filter": masks, "iterations": iterations,
+                  "fast_path": torch.full((len(images),), tail.path == "fx", device=images.device)}
+        return Attribution(self._heatmaps(masks).float(), targets, targets, extras)
+
+    def _init(self, images: torch.Tensor, targets: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Initial free variables per row, seeded by content so batch composition does not matter."""
+        shape = (2,) if self.params["finalizer"] == "gauss" else hw
+        n = len(images)
+        if self.params["init"] == "ones":
+            # For the Gaussian the free variable is its centre; the original starts it at 0.
+            fill = 0.0 if self.params["finalizer"] == "gauss" else 1.0
+            return torch.full((n, *shape), fill, device=images.device)
+        pixels = images.detach().float().cpu().numpy()
+        # The oblivious objective ignores the target, so its start must too.
+        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(
+            _row_seed(self.params["seed"], pixels[i].tobytes(), int(targets[i]) if self.specific else None)))
+            for i in range(n)]
+        return torch.stack(rows).to(images.device)
+
+    def _grid(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column coordinates of the Gaussian mask: the layer spans -(g-1)/2..(g-1)/2."""
+        half = (self.params["gauss_size"] - 1) / 2
+        axes = [torch.linspace(-half, half, n, device=device) if n > 1 else torch.zeros(1, device=device)
+                for n in (h, w)]
+        return axes[0], axes[1]
+
+    def _masks(self, params: torch.Tensor, grid: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The filter [n,h,w] the forward pass uses, from the free variables."""
+        finalizer = self.params["finalizer"]
+        if finalizer == "l2":
+            return params / params.flatten(1).norm(dim=1)[:, None, None]
+        if finalizer == "softmax":
+            return params.flatten(1).softmax(1).view_as(params)
+        ys, xs = grid
+        # params[:, 0] is the column offset and params[:, 1] the row offset, as in the original.
+        d2 = (ys[None, :, None] - params[:, 1, None, None]) ** 2 + (xs[None, None, :] - params[:, 0, None, None]) ** 2
+        # Normalising exp(-d2/2) to sum 1 is a softmax, which stays finite when the centre drifts away.
+        return (-0.5 * d2).flatten(1).softmax(1).view(len(params), len(ys), len(xs))
+
+    def _heatmaps(self, masks: torch.Tensor) -> torch.Tensor:
+        """The reported maps: |f| (or f clamped at 0) renormalised for l2; the mask itself otherwise."""
+        if self.params["finalizer"] != "l2":
+            return masks
+        heat = masks.abs() if self.params["final"] == "abs" else masks.clamp_min(0)
+        return heat / heat.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+
+    def _losses(self, logits: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """Per-row loss: signed logit sum (specific) or mean squared change of the logits (oblivious)."""
+        if self.specific:
+            return (logits * goal).sum(1)
+        return (logits - goal).pow(2).mean(1)
+
+    def _optimize(self, tail: _Tail, goal: torch.Tensor, init: torch.Tensor,
+                  grid: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optimise every row's free variables; return them [N,...] and the steps each row took [N]."""
+        p = self.params
+        max_iters, check_every, threshold = p["max_iters"], p["check_every"], p["stop_threshold"]
+        n = len(init)
+        final = init.clone()
+        iterations = torch.full((n,), max_iters, dtype=torch.long, device=init.device)
+        # State of the rows still optimised; finished rows are dropped, so momentum cannot move them.
+        rows = torch.arange(n, device=init.device)
+        params, first, second = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
+        steps = torch.zeros(n, device=init.device)
+        previous = torch.full((n,), _FIRST_REFERENCE, device=init.device)
+        for it in range(max_iters):
+            leaf = params.detach().requires_grad_(True)
+            masks = self._masks(leaf, grid)
+            if self.on_step is not None:
+                self.on_step(it, masks.detach(), rows)
+            losses = self._losses(tail(masks[:, None]), goal)
+            # Rows are independent, so the gradient of the sum is each row's own gradient.
+            (grad,) = torch.autograd.grad(losses.sum(), leaf)
+            if it % check_every == 0:
+                losses = losses.detach()
+                done = (losses - previous).abs() < threshold
+                previous = losses
+                if bool(done.any()):
+                    # The original checks the pre-update loss, so a finished row keeps the filter it was checked with.
+                    final[rows[done]] = params[done]
+                    iterations[rows[done]] = it
+                    keep = ~done
+                    rows, params, grad, first, second, steps, previous, goal = (
+                        t[keep] for t in (rows, params, grad, first, second, steps, previous, goal))
+                    if rows.numel() == 0:
+                        break
+                    tail.select(rows)
+            params, first, second, steps = self._step(params, grad, first, second, steps)
+        final[rows] = params
+        return final, iterations
+
+    def _step(self, params: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+              steps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One Adam (TF form) or SGD step with a per-row linearly decaying learning rate."""
+        p = self.params
+        end = 0.0 if p["optimizer"] == "adam" else _SGD_END_LR
+        lr = (p["lr"] - end) * (1 - steps / p["max_iters"]) + end
+        steps = steps + 1
+        shape = (-1,) + (1,) * (params.ndim - 1)
+        if p["optimizer"] == "sgd":
+            return params - lr.view(shape) * grad, first, second, steps
+        first = _ADAM_BETA1 * first + (1 - _ADAM_BETA1) * grad
+        second = _ADAM_BETA2 * second + (1 - _ADAM_BETA2) * grad * grad
+        lr = lr * (1 - _ADAM_BETA2 ** steps).sqrt() / (1 - _ADAM_BETA1 ** steps)
+        return params - lr.view(shape) * first / (second.sqrt() + _ADAM_EPS), first, second, steps
+
+
+@register
+class L2CAFOblivious(_L2CAF):
+    """Class-oblivious L2-CAF: the filter that best preserves all logits."""
+
+    name = "l2caf_oblivious"
+
+
+@register
+class L2CAFSpecific(_L2CAF):
+    """Class-specific L2-CAF: the filter that raises the target logit and lowers the others."""
+
+    name = "l2caf_specific"
+    specific = True

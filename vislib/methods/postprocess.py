@@ -1,0 +1,27 @@
+"""The one place where maps are upsampled to image size and normalised."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map of [N,h,w] to [0,1]; a constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1).float()
+    low = flat.min(1, keepdim=True).values
+    span = flat.max(1, keepdim=True).values - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(1e-12), torch.zeros_like(flat))
+    return scaled.reshape(maps.shape)
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (half-pixel centres, as cv2 INTER_LINEAR) of [N,h,w] maps to `size`."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps.float()
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def to_image_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Native-resolution maps -> [N,H,W] in [0,1] at image size (normalise, then upsample)."""
+    return upsample_maps(normalize_maps(maps), size)

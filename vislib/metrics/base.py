@@ -1,0 +1,92 @@
+"""The metric contract: a registry of metrics that score a batch of maps, one value per image."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from vislib.data.dataset import Sample
+from vislib.errors import ConfigError
+from vislib.registry import Registry
+
+
+@dataclass
+class MetricInput:
+    """What a metric sees for one batch; maps are at input resolution and min-max normalised."""
+
+    maps: torch.Tensor  # float32 [N,S,S] in [0,1]
+    images: torch.Tensor  # float32 [N,3,S,S], preprocessed
+    targets: torch.Tensor  # int64 [N] explained class
+    samples: list[Sample]
+    model: nn.Module | None = None
+
+
+@dataclass
+class MetricResult:
+    """One value per image; NaN where the metric is undefined, with the reason."""
+
+    values: np.ndarray
+    reasons: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.reasons:
+            self.reasons = [""] * len(self.values)
+
+
+class Metric(ABC):
+    """A metric with typed parameters; `settings` are the protocol columns written beside each value."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ConfigError(f"metric {self.name!r} has no parameter {unknown[0]!r}; valid: {sorted(self.defaults)}")
+        self.params = {**self.defaults, **params}
+
+    def settings(self, image_size: int) -> dict[str, Any]:
+        """Protocol settings that move published numbers, stored as columns."""
+        return {}
+
+    def __call__(self, batch: MetricInput) -> MetricResult:
+        """Score a batch after checking the maps."""
+        maps = batch.maps
+        n = len(batch.samples)
+        if maps.ndim != 3 or maps.shape[0] != n or maps.shape[1:] != batch.images.shape[2:]:
+            reason = f"map shape {tuple(maps.shape)} does not fit {n} images of {tuple(batch.images.shape[2:])}"
+            return MetricResult(np.full(n, np.nan), [reason] * n)
+        result = self.compute(batch)
+        bad = ~torch.isfinite(maps.reshape(n, -1)).all(1).cpu().numpy()
+        if bad.any():
+            result.values[bad] = np.nan
+            for i in np.nonzero(bad)[0]:
+                result.reasons[i] = "map contains NaN or inf"
+        return result
+
+    @abstractmethod
+    def compute(self, batch: MetricInput) -> MetricResult:
+        """Values for a validated batch."""
+
+
+METRICS: Registry[type[Metric]] = Registry("metric")
+
+
+def register(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: register a metric under its `name`."""
+    return METRICS.register(cls.name)(cls)
+
+
+def get(name: str, **params: Any) -> Metric:
+    """Instantiate metric `name` with `params`."""
+    return METRICS[name](**params)
+
+
+def target_boxes(sample: Sample, target: int) -> np.ndarray:
+    """Boxes [K,4] of the objects whose class is `target`."""
+    return sample.boxes[sample.box_labels == target]

@@ -1,0 +1,24 @@
+"""Model registry: architectures by name, weights, carried preprocessing and layer lookup."""
+
+from vislib.models.registry import (
+    MODELS,
+    LoadedModel,
+    Preprocessing,
+    layer_names,
+    load,
+    preprocessing_of,
+    resolve_layer,
+    spatial_layer_names,
+)
+from vislib.models import demonet, efficientnet_lite, torchvision_models  # noqa: F401  (registration)
+
+__all__ = [
+    "MODELS",
+    "LoadedModel",
+    "Preprocessing",
+    "layer_names",
+    "load",
+    "preprocessing_of",
+    "resolve_layer",
+    "spatial_layer_names",
+]
