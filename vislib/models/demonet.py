@@ -45,4 +45,4 @@ def build_demonet(weights: str, num_classes: int | None) -> LoadedModel:
             "path written by the workflow's train rule"
         )
     model = DemoNet(num_classes or 6)
-    return LoadedModel(model, DEMO_PREPROCESSING, [], default_layer="features.11")
+    return LoadedModel(model, DEMO_PREPROCESSING, [], default_layer="features.14")

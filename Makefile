@@ -1,0 +1,26 @@
+# The two set-up commands: `make demo` (embedded default, end to end) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+CORES ?= 2
+
+.PHONY: demo test lint report clean-results
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[test,slurm]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(SNAKEMAKE) --cores $(CORES)
+	$(SNAKEMAKE) --cores $(CORES) --report results/report.html
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check vislib workflow_scripts tests benchmarks
+	$(SNAKEMAKE) --lint
+
+clean-results:
+	rm -rf results logs benchmarks/runs

@@ -1,0 +1,100 @@
+"""The Snakefile end to end on the tiny config: outputs, schema, provenance, reruns, bad config."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.workflow_helpers import REPO, snakemake, tiny_config
+from vislib.io import load_shard, read_metadata
+
+pytestmark = pytest.mark.workflow
+
+EXPECTED_COLUMNS = ["experiment", "dataset", "model", "layer", "method", "image_id", "target", "metric", "value"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    snakemake(workdir, tiny_config())
+    return workdir
+
+
+def test_outputs_schema_and_provenance(finished_run):
+    results = finished_run / "results" / "tiny"
+    table = pq.read_table(results / "metrics.parquet")
+    for column in EXPECTED_COLUMNS + ["reason", "target_mode", "resize", "pointing_tolerance_px"]:
+        assert column in table.column_names
+    frame = table.to_pandas()
+    # 12 images x 2 metrics x 2 models, one method.
+    assert len(frame) == 48
+    assert set(frame["model"]) == {"demonet", "demonet_random"}
+    defined = frame["value"].notna()
+    assert frame.loc[defined, "value"].between(0, 1).all()
+    assert (frame.loc[~defined, "reason"] != "").all()
+    meta = read_metadata(results / "metrics.parquet")
+    for key in ["vislib_version", "git_commit", "config_hash", "torch_version", "torchvision_version", "device"]:
+        assert key in meta
+    assert (results / "summary.md").read_text().count("| shapes |") == 4
+    assert (results / "figures" / "shapes" / "demonet" / "features.14" / "grid.png").stat().st_size > 10_000
+    shard = load_shard(results / "heatmaps" / "shapes" / "demonet" / "features.14" / "gradcam" / "shard_2.npz")
+    assert shard.maps.dtype == np.float16 and shard.maps.shape == (2, 8, 8) and shard.seconds > 0
+    assert (finished_run / "logs" / "train_model" / "demonet.log").read_text().count("val_acc") == 1
+
+
+def test_complete_run_has_nothing_to_do(finished_run):
+    proc = snakemake(finished_run, tiny_config(), "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_one_models_spec_reruns_only_its_jobs(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    config = tiny_config()
+    config["models"]["demonet_random"]["num_classes"] = 5
+    proc = snakemake(workdir, config, "-n", "--quiet", "rules")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    assert counts.get("explain") == "3" and counts.get("evaluate") == "3"
+    assert "train_model" not in counts and "prepare_dataset" not in counts
+
+
+def test_unknown_names_fail_before_any_job(tmp_path):
+    for section, key, bad, valid in [("models", "demonet", "demonett", "demonet"),
+                                     ("methods", None, "gradcma", "gradcam")]:
+        config = tiny_config()
+        if section == "models":
+            config["models"][key]["arch"] = bad
+        else:
+            config["methods"] = {bad: {}}
+            config["experiments"]["tiny"]["methods"] = [bad]
+        proc = snakemake(tmp_path, config, "-n", check=False)
+        assert proc.returncode != 0
+        output = proc.stdout + proc.stderr
+        assert bad in output and valid in output
+    config = tiny_config()
+    config["experiments"]["tiny"]["models"]["demonet"] = ["features.99"]
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0 and "features.99" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_undecodable_image_recorded_as_failed_and_run_goes_on(tmp_path):
+    config = tiny_config()
+    config["experiments"]["tiny"]["models"] = {"demonet_random": ["features.14"]}
+    snakemake(tmp_path, config, "results/image_lists/shapes.txt")
+    (tmp_path / "resources" / "datasets" / "shapes" / "images" / "val" / "000003.png").write_bytes(b"broken")
+    snakemake(tmp_path, config)
+    frame = pq.read_table(tmp_path / "results" / "tiny" / "metrics.parquet").to_pandas()
+    failed = frame[frame["image_id"] == 3]
+    assert len(failed) == 2 and failed["value"].isna().all()
+    assert failed["reason"].str.contains("cannot be decoded").all()
+    assert frame[frame["image_id"] != 3]["value"].notna().all()
+
+
+def test_snakemake_lint_is_clean():
+    proc = snakemake(REPO, tiny_config(), "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

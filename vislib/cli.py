@@ -1,0 +1,96 @@
+"""`vislib ...`: the workflow's steps without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vislib.errors import VislibError
+
+
+def _explain(args: argparse.Namespace) -> None:
+    import json
+
+    from vislib import models
+    from vislib.data import open_dataset
+    from vislib.io import save_shard
+    from vislib.pipeline import explain_shard, resolve_device, select_images
+
+    net = models.load(args.model, args.weights, resolve_device(args.device), num_classes=args.num_classes)
+    layer = args.layer or net.vislib_default_layer
+    dataset = open_dataset(args.dataset_kind, args.dataset_kind, args.root, args.split)
+    ids = select_images(dataset, args.limit)
+    shard = explain_shard(net, layer, args.method, json.loads(args.params), dataset, ids, args.target,
+                          args.batch_size)
+    save_shard(args.out, shard)
+    print(f"{args.method} on {len(shard.image_ids)} images of {args.root} at {layer}: "
+          f"{shard.seconds:.2f} s -> {args.out}")
+
+
+def _summarize(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from vislib.aggregate import summary_markdown
+
+    path = Path(args.experiment_dir) / "summary.parquet"
+    if not path.exists():
+        raise VislibError(f"{str(path)!r} does not exist; run the workflow for this experiment first")
+    print(summary_markdown(pd.read_parquet(path), Path(args.experiment_dir).name), end="")
+
+
+def _layers(args: argparse.Namespace) -> None:
+    from vislib import models
+
+    net = models.load(args.model, "random", num_classes=args.num_classes)
+    spatial = set(models.spatial_layer_names(net))
+    for name in models.layer_names(net):
+        print(f"{name}\t{'spatial' if name in spatial else ''}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `vislib` command."""
+    parser = argparse.ArgumentParser(prog="vislib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    explain = sub.add_parser("explain", help="run one attribution method over a prepared dataset split")
+    explain.add_argument("--model", required=True)
+    explain.add_argument("--weights", default="random", help="'random', a pretrained name or a checkpoint path")
+    explain.add_argument("--num-classes", type=int, default=None)
+    explain.add_argument("--layer", default=None, help="dotted layer name (default: the model's last conv)")
+    explain.add_argument("--method", required=True)
+    explain.add_argument("--params", default="{}", help="method parameters as JSON")
+    explain.add_argument("--dataset-kind", required=True)
+    explain.add_argument("--root", required=True, help="dataset directory (as prepared by the workflow)")
+    explain.add_argument("--split", default="val")
+    explain.add_argument("--limit", type=int, default=None)
+    explain.add_argument("--target", default="label", choices=["label", "predicted"])
+    explain.add_argument("--batch-size", type=int, default=32)
+    explain.add_argument("--device", default="cpu")
+    explain.add_argument("--out", required=True, help="heatmap shard to write (.npz)")
+    explain.set_defaults(func=_explain)
+
+    summarize = sub.add_parser("summarize", help="print the summary table of results/<experiment>")
+    summarize.add_argument("experiment_dir")
+    summarize.set_defaults(func=_summarize)
+
+    layers = sub.add_parser("layers", help="list the layer names of a model")
+    layers.add_argument("model")
+    layers.add_argument("--num-classes", type=int, default=None)
+    layers.set_defaults(func=_layers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line, not a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except VislibError as exc:
+        print(f"vislib: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
