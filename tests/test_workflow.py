@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.workflow_helpers import REPO, snakemake, tiny_config
+from tests.workflow_helpers import snakemake, tiny_config
 from vislib.io import load_shard, read_metadata
 
 pytestmark = pytest.mark.workflow
@@ -95,6 +95,6 @@ def test_undecodable_image_recorded_as_failed_and_run_goes_on(tmp_path):
     assert frame[frame["image_id"] != 3]["value"].notna().all()
 
 
-def test_snakemake_lint_is_clean():
-    proc = snakemake(REPO, tiny_config(), "--lint", check=False)
+def test_snakemake_lint_is_clean(tmp_path):
+    proc = snakemake(tmp_path, tiny_config(), "--lint", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
