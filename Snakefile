@@ -13,6 +13,7 @@ include: "rules/models.smk"
 include: "rules/explain.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
+include: "rules/sanity.smk"
 
 
 report: "report/workflow.rst"
@@ -21,4 +22,5 @@ report: "report/workflow.rst"
 rule all:
     input:
         all_outputs(),
+        evaluation_figures(),
     default_target: True

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 from vislib.config import check_config, experiment_jobs, metric_spec, method_spec, model_weights
 from vislib.errors import VislibError
+from vislib.methods import METHODS
 
 
 validate(config, "../config/schema.yaml")
@@ -130,3 +131,36 @@ def experiment_config(experiment):
         "metrics": {m: config["metrics"][m] for m in exp["metrics"]},
         "seed": config["seed"],
     }
+
+
+# Sanity check and evaluation figures (rules in rules/sanity.smk).
+def sanity_settings(experiment):
+    """The experiment's `sanity:` block (None when it has none)."""
+    return config["experiments"][experiment].get("sanity")
+
+
+def sanity_method(label):
+    """(registry name, params) of a method in a sanity block: a label under `methods:` or a registry name."""
+    if label in config["methods"]:
+        return method_spec(config, label)
+    return label, {}
+
+
+def sanity_tables(experiment):
+    exp, block = config["experiments"][experiment], sanity_settings(experiment)
+    return [f"results/{experiment}/sanity/{exp['dataset']}/{model}/{layer}/{method}.parquet"
+            for model, layers in exp["models"].items() for layer in layers for method in block["methods"]]
+
+
+def evaluation_figures():
+    out = [f"results/{experiment}/figures/metrics.png" for experiment in config["experiments"]]
+    out += [f"results/{experiment}/figures/sanity.png" for experiment in config["experiments"]
+            if sanity_settings(experiment)]
+    return out
+
+
+for _experiment in config["experiments"]:
+    for _label in (sanity_settings(_experiment) or {}).get("methods", []):
+        if sanity_method(_label)[0] not in METHODS.names():
+            raise WorkflowError(f"experiments.{_experiment}.sanity.methods: unknown method {_label!r}; "
+                                f"known: {sorted(set(config['methods']) | set(METHODS.names()))}")

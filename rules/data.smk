@@ -1,5 +1,8 @@
 # Datasets: prepare each configured dataset, then checkpoint its image list (shard counts come from it).
 
+# (mem_mb, runtime in minutes) of the prepare job of real datasets: downloads, extraction, JSON parsing.
+PREPARE_RESOURCES = {"coco": (8000, 12 * 60), "vg": (24000, 24 * 60), "imagenet_val": (4000, 3 * 60)}
+
 
 rule prepare_dataset:
     output:
@@ -12,8 +15,8 @@ rule prepare_dataset:
     benchmark:
         "benchmarks/runs/prepare_dataset/{dataset}.tsv"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda w: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[0],
+        runtime=lambda w: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[1],
     conda:
         "../envs/vislib.yaml"
     script:
@@ -36,3 +39,64 @@ checkpoint image_list:
         "../envs/vislib.yaml"
     script:
         "../workflow_scripts/image_list.py"
+
+
+# Pretrained torchvision weights: `snakemake weights` fetches every configured one into the cache
+# (hash-checked against the sha256 prefix in the file name); jobs then load them offline.
+import os
+
+from vislib.models.torchvision_models import cached_weights, weights_cache_dir, weights_url
+
+WEIGHTS_CACHE = str(weights_cache_dir())
+
+
+def pretrained_weights():
+    """{file name: url} of the configured torchvision weights that no local cache holds yet."""
+    urls = [weights_url(s["arch"], s.get("weights")) for s in config["models"].values() if "train" not in s]
+    return {os.path.basename(u): u for u in urls if u and cached_weights(u) is None}
+
+
+rule weights:
+    input:
+        [f"{WEIGHTS_CACHE}/{name}" for name in pretrained_weights()],
+
+
+rule fetch_weights:
+    output:
+        f"{WEIGHTS_CACHE}/{{file}}",
+    params:
+        url=lambda w: pretrained_weights()[w.file],
+    log:
+        "logs/fetch_weights/{file}.log",
+    retries: 1
+    resources:
+        mem_mb=500,
+        runtime=60,
+    run:
+        from vislib.data.download import download, torchvision_hash_prefix
+        from vislib.runlog import log_to
+
+        with log_to(log[0]):
+            download(params.url, output[0], sha256_prefix=torchvision_hash_prefix(params.url), progress=False)
+
+
+# GloVe vectors for LaViSE: `snakemake glove` downloads glove.6B.zip and extracts the 300-d file.
+GLOVE_URL = "https://nlp.stanford.edu/data/glove.6B.zip"
+GLOVE_DIR = f"{DATA}/glove"
+
+
+rule glove:
+    output:
+        f"{GLOVE_DIR}/glove.6B.300d.txt",
+    log:
+        "logs/glove.log",
+    retries: 1
+    resources:
+        mem_mb=500,
+        runtime=120,
+    run:
+        from vislib.data.download import fetch
+        from vislib.runlog import log_to
+
+        with log_to(log[0]):
+            fetch(GLOVE_URL, f"{GLOVE_DIR}/downloads", GLOVE_DIR, progress=False)

@@ -20,8 +20,9 @@ rule evaluate:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=3000,
-        runtime=30,
+        # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:

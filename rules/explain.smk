@@ -23,8 +23,9 @@ rule explain:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=3000,
-        runtime=60,
+        # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:

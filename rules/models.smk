@@ -24,8 +24,9 @@ rule train_model:
     threads: 2
     resources:
         gpu=GPU,
-        mem_mb=4000,
-        runtime=60,
+        # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:

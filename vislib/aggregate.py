@@ -78,3 +78,22 @@ def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLik
     write_parquet(summary_path, pa.Table.from_pandas(summary, preserve_index=False), metadata)
     write_text(summary_md_path, summary_markdown(summary, title))
     return summary
+
+
+def metric_bar_chart(summary_path: str | os.PathLike, out: str | os.PathLike, title: str = "") -> None:
+    """Draw the bar chart per metric (means with 95% CIs) of a summary.parquet."""
+    from vislib.figures import metric_bars
+
+    metric_bars(out, pd.read_parquet(summary_path), title)
+
+
+def sanity_figure(files: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "") -> pd.DataFrame:
+    """Draw the randomization curves of an experiment's sanity tables; return the per-step means."""
+    from vislib.figures import sanity_curves
+
+    if not files:
+        raise DataError("no sanity-check tables to draw; check the experiment's `sanity:` block")
+    curves = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    sanity_curves(out, curves, title)
+    return (curves.groupby(["model", "layer", "method", "statistic", "step", "randomized_to"])["value"]
+            .mean().reset_index())

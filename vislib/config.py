@@ -48,7 +48,7 @@ def experiment_jobs(config: dict, experiment: str) -> list[Job]:
             for model, layers in exp["models"].items() for layer in layers for method in exp["methods"]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layers_of(arch: str, num_classes: int | None) -> tuple[str, ...]:
     return tuple(models.layer_names(models.load(arch, "random", num_classes=num_classes)))
 

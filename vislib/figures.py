@@ -1,4 +1,4 @@
-"""Figure grids: rows are images, columns are methods, heatmaps overlaid with ground-truth boxes."""
+"""Figures: overlay grids (rows images, columns methods), metric bar charts with CIs, sanity curves."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from vislib.io import atomic_path  # noqa: E402
@@ -44,4 +45,71 @@ def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str,
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def metric_bars(path: str | os.PathLike, summary: pd.DataFrame, title: str = "") -> None:
+    """Save one bar chart per metric: the mean of each method per model/layer with its 95% CI."""
+    metric_names = sorted(summary["metric"].unique())
+    groups = summary[["model", "layer"]].drop_duplicates().itertuples(index=False)
+    groups = [f"{g.model}/{g.layer}" for g in groups]
+    method_names = sorted(summary["method"].unique())
+    n_cols = min(3, max(1, len(metric_names)))
+    n_rows = max(1, -(-len(metric_names) // n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 2.8 * n_rows + 0.6), squeeze=False)
+    width = 0.8 / max(1, len(method_names))
+    for ax, metric in zip(axes.flat, metric_names, strict=False):
+        part = summary[summary["metric"] == metric]
+        for k, method in enumerate(method_names):
+            rows = part[part["method"] == method].assign(group=lambda f: f["model"] + "/" + f["layer"])
+            rows = rows.set_index("group").reindex(groups)
+            means = rows["mean"].to_numpy(float)
+            errors = np.abs(np.stack([means - rows["ci_low"].to_numpy(float),
+                                      rows["ci_high"].to_numpy(float) - means]))
+            ax.bar(np.arange(len(groups)) + (k - (len(method_names) - 1) / 2) * width, means, width,
+                   yerr=np.nan_to_num(errors), capsize=2, label=method, color=f"C{k % 10}")
+        ax.set_title(metric, fontsize=9)
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels(groups, fontsize=7, rotation=15)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(metric_names):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def sanity_curves(path: str | os.PathLike, curves: pd.DataFrame, title: str = "") -> None:
+    """Save the randomization curves: mean Spearman correlation per method over cascade steps.
+
+    One panel per model/layer; solid lines are |map| correlations, dashed ones the signed maps.
+    """
+    panels = sorted(curves.groupby(["model", "layer"]).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (model, layer) in zip(axes[0], panels, strict=True):
+        part = curves[(curves["model"] == model) & (curves["layer"] == layer)]
+        labels = part.groupby("step")["randomized_to"].first()
+        for k, method in enumerate(sorted(part["method"].unique())):
+            for statistic, style in (("spearman_abs", "-"), ("spearman", "--")):
+                line = part[(part["method"] == method) & (part["statistic"] == statistic)]
+                means = line.groupby("step")["value"].mean()
+                ax.plot(means.index, means.to_numpy(), style, marker="o", ms=3, color=f"C{k % 10}",
+                        label=method if statistic == "spearman_abs" else None)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_ylim(-0.5, 1.05)
+        ax.set_xticks(labels.index)
+        ax.set_xticklabels([name or "original" for name in labels], rotation=60, fontsize=6, ha="right")
+        ax.set_ylabel("Spearman rank correlation", fontsize=8)
+        ax.set_title(f"{model} / {layer}", fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from vislib import methods, metrics, models
+from vislib import devices, methods, metrics, models
 from vislib.data import open_dataset
 from vislib.data.dataset import RESIZE_PROTOCOL, CocoFormatDataset
 from vislib.errors import ConfigError
@@ -68,9 +68,12 @@ def shard_ids(image_ids: Sequence[int], shard_size: int, shard: int) -> list[int
 def resolve_device(device: str) -> torch.device:
     """The torch device for a config value ('cpu', 'cuda', 'cuda:1', or 'auto')."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available; set device: cpu")
+    if device == "cuda":
+        # A bare 'cuda' means any GPU: take a free one so parallel jobs never share a device.
+        return torch.device("cuda", devices.process_gpu().index)
     return torch.device(device)
 
 
@@ -135,8 +138,12 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
         keep = [i for i, image_id in enumerate(shard.image_ids) if int(image_id) in decoded]
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
         image_maps = methods.to_image_maps(torch.from_numpy(shard.maps[keep].astype(np.float32)), (size, size))
+        # Normalising would turn a map with NaN into a constant one; keep it NaN so metrics record why.
+        broken = ~np.isfinite(shard.maps[keep].astype(np.float32)).reshape(len(keep), -1).all(1)
+        image_maps[torch.from_numpy(broken)] = float("nan")
         metric_input = metrics.MetricInput(image_maps.to(device), batch.images.to(device),
-                                           torch.from_numpy(shard.targets[keep]).to(device), batch.samples, model)
+                                           torch.from_numpy(shard.targets[keep]).to(device), batch.samples, model,
+                                           torch.from_numpy(shard.predicted[keep]).to(device))
         for name, metric in metric_objects.items():
             result = metric(metric_input)
             settings = metric.settings(size)
@@ -165,5 +172,6 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     extra = sorted(c for c in frame.columns if c not in fixed)
     arrays = [pa.array(frame[name].tolist() if name in frame else [None] * len(frame), type=kind)
               for name, kind in METRIC_COLUMNS]
-    arrays += [pa.array(frame[name].tolist()) for name in extra]
+    # from_pandas: a setting only some metrics have is null (not a float NaN) in the other rows.
+    arrays += [pa.array(frame[name].tolist(), from_pandas=True) for name in extra]
     return pa.Table.from_arrays(arrays, names=fixed + extra)

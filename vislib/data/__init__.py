@@ -6,7 +6,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vislib.data.cocoformat import CocoWriter, ImageRecord, decode_mask, encode_mask, read_coco_split
+from vislib.data.cocoformat import (
+    CocoWriter,
+    ImageRecord,
+    decode_mask,
+    encode_mask,
+    read_coco_split,
+)
 from vislib.data.dataset import Batch, CocoFormatDataset, Sample, read_image, to_input
 from vislib.registry import Registry
 

@@ -178,18 +178,21 @@ class FeatureCache:
             self._targets = ConceptTargets.load(self.directory / "targets.json")
         return self._targets
 
-    def shard(self, index: int) -> FeatureShard:
-        """Load shard `index`."""
+    def _read(self, index: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         path = self.directory / self.meta["shards"][index]["file"]
         try:
+            # An .npz member is read only when asked for, so small reads skip the features.
             with np.load(path, allow_pickle=False) as data:
-                return FeatureShard(
-                    torch.from_numpy(data["features"]), data["image_index"], data["item_row"],
-                    torch.from_numpy(data["item_masks"]), torch.from_numpy(data["item_targets"]),
-                )
+                return {k: data[k] for k in keys}
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(f"feature shard {str(path)!r} is unreadable ({exc}); delete the cache "
                             "directory and cache again") from exc
+
+    def shard(self, index: int) -> FeatureShard:
+        """Load shard `index`."""
+        d = self._read(index, ("features", "image_index", "item_row", "item_masks", "item_targets"))
+        return FeatureShard(torch.from_numpy(d["features"]), d["image_index"], d["item_row"],
+                            torch.from_numpy(d["item_masks"]), torch.from_numpy(d["item_targets"]))
 
     def __iter__(self) -> Iterator[FeatureShard]:
         for i in range(self.n_shards):
@@ -197,7 +200,7 @@ class FeatureCache:
 
     def image_index(self) -> np.ndarray:
         """Target-list positions of all cached images, in cache order."""
-        return np.concatenate([self.shard(i).image_index for i in range(self.n_shards)])
+        return np.concatenate([self._read(i, ("image_index",))["image_index"] for i in range(self.n_shards)])
 
     def pooled_items(self, shard: FeatureShard, chunk: int = 1024) -> torch.Tensor:
         """Explainer inputs avgpool(F * M) of every item of a shard, float32 [m, in_features]."""
@@ -218,7 +221,7 @@ class ItemReader:
     def __init__(self, cache: FeatureCache, images: np.ndarray | None = None, concepts: np.ndarray | None = None,
                  memory_mb: float = 2048.0) -> None:
         self.cache = cache
-        self.images = None if images is None else set(int(i) for i in images)
+        self.images = None if images is None else np.asarray(images, dtype=np.int64)
         self.concepts = None if concepts is None else torch.as_tensor(concepts, dtype=torch.long)
         self.memory_bytes = memory_mb * 2 ** 20
         self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -233,7 +236,7 @@ class ItemReader:
         keep = torch.ones(len(t), dtype=torch.bool)
         if self.images is not None:
             image_of_item = shard.image_index[shard.item_row]
-            keep &= torch.from_numpy(np.isin(image_of_item, list(self.images)))
+            keep &= torch.from_numpy(np.isin(image_of_item, self.images))
         if self.concepts is not None:
             t = t[:, self.concepts]
             # Items left with no concept give the loss nothing to pull towards.
@@ -244,9 +247,6 @@ class ItemReader:
             self._kept[index] = (x, t)
             self._used += size
         return x, t
-
-    def __len__(self) -> int:
-        return sum(len(self._items(i)[0]) for i in range(self.cache.n_shards))
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

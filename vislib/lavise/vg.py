@@ -12,7 +12,13 @@ from PIL import Image, UnidentifiedImageError
 from vislib.errors import ConfigError, DataError
 from vislib.io import write_json
 from vislib.lavise.embeddings import WordEmbeddings
-from vislib.lavise.targets import ConceptObject, ConceptTargets, ImageConcepts, TokenFilter, finish_targets
+from vislib.lavise.targets import (
+    ConceptObject,
+    ConceptTargets,
+    ImageConcepts,
+    TokenFilter,
+    finish_targets,
+)
 
 
 def synset_token(synset: str) -> str:

@@ -1,35 +1,224 @@
-"""The CAM family: class activation maps weighted by gradients of the target score."""
+"""The CAM family: maps of a spatial layer's channels, weighted by the head, gradients or scores."""
 
 from __future__ import annotations
+
+import contextlib
+import math
+from abc import abstractmethod
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from vislib.errors import ConfigError, LayerError
 from vislib.methods.base import Attribution, AttributionMethod, register
-from vislib.methods.hooks import capture_layer, frozen_model
+from vislib.methods.hooks import LayerCapture, capture_layer, frozen_model
+from vislib.methods.postprocess import normalize_maps, upsample_maps
+from vislib.models.registry import resolve_layer
+
+
+def layer_or_default(model: nn.Module, layer: str | None, method: str) -> str:
+    """`layer`, or the model's default layer when `layer` is None or empty."""
+    if layer:
+        return layer
+    default = getattr(model, "vislib_default_layer", "")
+    if not default:
+        raise LayerError(
+            f"method {method!r} needs a layer and the model names no default one; pass a spatial "
+            "layer (vislib.models.spatial_layer_names lists them)"
+        )
+    return default
+
+
+@contextlib.contextmanager
+def _layer_as_leaf(model: nn.Module, layer: str, method: str) -> Iterator[LayerCapture]:
+    """Capture `layer`'s output as a graph leaf, so a backward pass stops at that layer."""
+    module = resolve_layer(model, layer)
+    capture = LayerCapture()
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(
+                f"method {method!r} needs a layer that outputs a tensor, but {layer!r} outputs "
+                f"{type(output).__name__}; pick a convolutional layer"
+            )
+        leaf = output.detach().requires_grad_(True)
+        capture.activation = leaf
+        # The rest of the network gets a copy: an in-place op after the layer (densenet's
+        # F.relu(features, inplace=True)) is illegal on a leaf that requires grad.
+        return leaf.clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
 
 
 def layer_activation_and_grad(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor,
                               method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Activation A [N,C,h,w] of `layer`, d score_target / dA, and the logits, in one forward/backward."""
-    with frozen_model(model), capture_layer(model, layer) as capture, torch.enable_grad():
-        # Parameters are frozen, so the input must carry the graph down to the layer.
-        logits = model(images.detach().requires_grad_(True))
+    with frozen_model(model), _layer_as_leaf(model, layer, method) as capture, torch.enable_grad():
+        logits = model(images.detach())
         activation = capture.spatial(layer, method)
         # Images are independent in eval mode, so the gradient of the summed scores is per-image.
         score = logits.gather(1, targets[:, None]).sum()
-        (grad,) = torch.autograd.grad(score, activation)
+        (grad,) = torch.autograd.grad(score, activation, allow_unused=True)
+    if grad is None:
+        raise LayerError(f"the class scores do not depend on layer {layer!r}; pick a layer on the path "
+                         "to the classifier")
     return activation.detach(), grad.detach(), logits.detach()
 
 
+class _GradientWeightedCAM(AttributionMethod):
+    """A CAM computed from one forward/backward pass: a per-method mix of activations and gradients."""
+
+    @staticmethod
+    @abstractmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Maps [N,h,w] from the layer activation and its gradient, both [N,C,h,w]."""
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        layer = layer_or_default(model, layer, self.name)
+        activation, grad, _ = layer_activation_and_grad(model, layer, images, targets, self.name)
+        return Attribution(self.combine(activation, grad).float(), targets, targets)
+
+
 @register
-class GradCAM(AttributionMethod):
+class GradCAM(_GradientWeightedCAM):
     """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k mean(dy/dA_k) A_k)."""
 
     name = "gradcam"
 
-    def _explain(self, model, layer, images, targets) -> Attribution:
-        activation, grad, _ = layer_activation_and_grad(model, layer, images, targets, self.name)
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """ReLU of the activation weighted by the spatial mean of its gradient."""
         weights = grad.mean(dim=(2, 3), keepdim=True)
-        maps = torch.relu((weights * activation).sum(1))
+        return torch.relu((weights * activation).sum(1))
+
+
+@register
+class GradCAMPlusPlus(_GradientWeightedCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018): channel weights from higher-order gradient terms."""
+
+    name = "gradcampp"
+
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """ReLU of the activation weighted by sum_ij alpha_ij ReLU(dy/dA_ij) (eq. 19 of the paper)."""
+        grad2 = grad.pow(2)
+        grad3 = grad2 * grad
+        activation_sum = activation.sum(dim=(2, 3), keepdim=True)
+        # The small constant keeps alpha finite where the gradient vanishes, as the reference code does.
+        alpha = grad2 / (2 * grad2 + activation_sum * grad3 + 1e-6)
+        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+        weights = (torch.relu(grad) * alpha).sum(dim=(2, 3), keepdim=True)
+        return torch.relu((weights * activation).sum(1))
+
+
+@register
+class LayerCAM(_GradientWeightedCAM):
+    """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(dy/dA_k) * A_k), weights per position."""
+
+    name = "layercam"
+
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """ReLU of the activation weighted position-wise by its positive gradient."""
+        return torch.relu((torch.relu(grad) * activation).sum(1))
+
+
+def _linear_head(model: nn.Module, layer: str, activation: torch.Tensor,
+                 logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the linear layer that maps the global average of `activation` to the logits."""
+    channels = activation.shape[1]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == channels
+               and m.out_features == logits.shape[1]]
+    if linears:
+        head = linears[-1]
+        weight = head.weight.detach()
+        bias = head.bias.detach() if head.bias is not None else torch.zeros_like(logits[0])
+        predicted = activation.mean(dim=(2, 3)) @ weight.T + bias
+        scale = logits.abs().amax().clamp_min(1.0)
+        if torch.allclose(predicted, logits, rtol=1e-3, atol=1e-4 * float(scale)):
+            return weight, bias
+    raise LayerError(
+        f"method 'cam' needs a layer whose global average feeds the final linear layer directly; "
+        f"on {getattr(model, 'vislib_name', type(model).__name__)} layer {layer!r} does not. "
+        "Use the last convolutional stage before global pooling, or method 'gradcam', which generalises CAM"
+    )
+
+
+@register
+class CAM(AttributionMethod):
+    """CAM (Zhou et al. 2016): ReLU(sum_k w_k^c A_k) with w the final linear layer's weights."""
+
+    name = "cam"
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        layer = layer_or_default(model, layer, self.name)
+        with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+            logits = model(images)
+        activation = capture.spatial(layer, self.name)
+        weight, _ = _linear_head(model, layer, activation, logits)
+        maps = torch.relu(torch.einsum("nc,nchw->nhw", weight[targets], activation))
         return Attribution(maps.float(), targets, targets)
+
+
+@register
+class ScoreCAM(AttributionMethod):
+    """Score-CAM (Wang et al. 2020): channels weighted by the softmax of the target score of masked inputs."""
+
+    name = "scorecam"
+    defaults = {"batch_size": 32, "top_channels": 0}
+
+    def validate(self) -> None:
+        """Batch size must be positive and the channel count non-negative."""
+        if self.params["batch_size"] < 1:
+            raise ConfigError(f"method 'scorecam' parameter 'batch_size' must be >= 1, got {self.params['batch_size']}")
+        if self.params["top_channels"] < 0:
+            raise ConfigError(
+                f"method 'scorecam' parameter 'top_channels' must be >= 0 (0 scores every channel), "
+                f"got {self.params['top_channels']}"
+            )
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        layer = layer_or_default(model, layer, self.name)
+        with frozen_model(model), torch.no_grad():
+            with capture_layer(model, layer) as capture:
+                model(images)
+            activation = capture.spatial(layer, self.name)
+            channels = self._channels(activation)
+            scores = self._masked_scores(model, images, targets, activation, channels)
+            # Channels left unscored get the mean softmax weight of the scored ones (log-mean-exp
+            # of their scores): their activation still counts, at an average weight.
+            fill = torch.logsumexp(scores, dim=1, keepdim=True) - math.log(scores.shape[1])
+            all_scores = fill.expand(-1, activation.shape[1]).scatter(1, channels, scores)
+            weights = torch.softmax(all_scores, dim=1)
+            maps = torch.relu((weights[:, :, None, None] * activation).sum(1))
+        return Attribution(maps.float(), targets, targets)
+
+    def _channels(self, activation: torch.Tensor) -> torch.Tensor:
+        """Indices [N,k] of the channels to score: all, or the `top_channels` with the largest mean activation."""
+        n, c = activation.shape[:2]
+        k = self.params["top_channels"]
+        if k == 0 or k >= c:
+            return torch.arange(c, device=activation.device).expand(n, c)
+        return activation.mean(dim=(2, 3)).topk(k, dim=1).indices
+
+    def _masked_scores(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                       activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """Target score [N,k] of each image masked by each of its selected, upsampled and normalised channels."""
+        n, k = channels.shape
+        rows = torch.arange(n, device=images.device).repeat_interleave(k)
+        cols = channels.reshape(-1)
+        scores = torch.empty(n * k, device=images.device)
+        size = tuple(images.shape[-2:])
+        step = self.params["batch_size"]
+        # Masks are built per chunk: all N*k of them at image size would not fit in memory.
+        for start in range(0, n * k, step):
+            r, c = rows[start:start + step], cols[start:start + step]
+            masks = normalize_maps(upsample_maps(activation[r, c], size))
+            logits = model(images[r] * masks[:, None].to(images.dtype))
+            scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0].float()
+        return scores.view(n, k)

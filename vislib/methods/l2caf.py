@@ -7,7 +7,8 @@ variant raises the target logit and lowers all others. Both run a whole batch at
 has its own filter, optimiser state, step counter and stopping rule, and a converged image is
 frozen while the others go on.
 
-The network before the layer runs once. Where `torch.fx` can trace the model, the rest of the graph
+The network before the layer runs once per batch: the forward pass that `explain` makes to find the
+predicted classes is the caching pass. Where `torch.fx` can trace the model, the rest of the graph
 is cut off as a tail module that takes the filtered activation (plus any cached value that crosses
 the cut, such as a residual branch), so each iteration runs only that tail. Where tracing fails, a
 forward hook multiplies the layer output by the filter and the whole net runs every iteration.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import operator
 from collections.abc import Callable, Iterator
 from typing import ClassVar, Protocol
 
@@ -27,6 +29,7 @@ from torch import nn
 
 from vislib.errors import ConfigError, LayerError
 from vislib.methods.base import Attribution, AttributionMethod, register
+from vislib.methods.cam import layer_or_default
 from vislib.methods.hooks import LayerCapture, frozen_model
 from vislib.models.registry import resolve_layer
 
@@ -59,6 +62,9 @@ class _Tail(Protocol):
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         """Logits [n,K] with the layer output multiplied by `masks` [n,1,h,w]."""
 
+    def attached(self) -> contextlib.AbstractContextManager:
+        """Context in which calls work (and after which nothing is left on the model)."""
+
 
 class _GraphTail:
     """The fx-traced remainder of the net, fed the cached activation times the mask."""
@@ -77,14 +83,17 @@ class _GraphTail:
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         return self.module(masks * self._activation, *self._crossing)
 
+    def attached(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(self)
+
 
 class _HookTail:
     """The whole net with a forward hook that multiplies the layer output by the mask."""
 
     path = "hook"
 
-    def __init__(self, model: nn.Module, images: torch.Tensor) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, layer: str, images: torch.Tensor) -> None:
+        self.model, self.layer = model, layer
         self._images_all = self._images = images
         self.masks: torch.Tensor | None = None
 
@@ -99,6 +108,14 @@ class _HookTail:
         self.masks = masks
         return self.model(self._images)
 
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[_HookTail]:
+        handle = resolve_layer(self.model, self.layer).register_forward_hook(self.hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
 
 class _LeafTracer(fx.Tracer):
     """An fx tracer that keeps the filtered layer as one call, so the graph can be cut there."""
@@ -112,17 +129,28 @@ class _LeafTracer(fx.Tracer):
 
 
 class _Recorder(fx.Interpreter):
-    """Runs a traced graph once and keeps the values of the nodes asked for."""
+    """Runs a traced graph once, noting which values are per-image tensors and keeping those a tail may need.
 
-    def __init__(self, module: fx.GraphModule, wanted: set[fx.Node]) -> None:
+    A tail needs the per-image tensors it reads from before the cut, and those read by values that
+    are not per-image (such as `x.size(0)`), which the tail recomputes because they change when
+    rows are selected. Inputs are still alive while a node runs, so they are kept then.
+    """
+
+    def __init__(self, module: fx.GraphModule, cut: fx.Node, downstream: set[fx.Node], batch: int) -> None:
         super().__init__(module)
-        self.wanted = wanted
+        self.cut, self.downstream, self.batch = cut, downstream, batch
+        self.per_image: dict[fx.Node, bool] = {}
         self.values: dict[fx.Node, object] = {}
 
     def run_node(self, n: fx.Node):
         value = super().run_node(n)
-        if n in self.wanted:
+        self.per_image[n] = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == self.batch
+        if n is self.cut:
             self.values[n] = value
+        elif n in self.downstream or (not self.per_image[n] and n.op != "get_attr"):
+            for inp in n.all_input_nodes:
+                if inp not in self.downstream and self.per_image[inp]:
+                    self.values[inp] = self.env[inp]
         return value
 
 
@@ -142,6 +170,26 @@ def _called_once(layer: str, calls: int) -> None:
         )
 
 
+_IN_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                       operator.itruediv: operator.truediv, torch.relu_: torch.relu}
+
+
+def _out_of_place(graph: fx.Graph) -> None:
+    """Rewrite in-place ops as out-of-place ones.
+
+    The caching pass must not overwrite the layer's output or a value crossing the cut after
+    recording it, and every iteration reuses those cached tensors.
+    """
+    for node in graph.nodes:
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+        if node.op == "call_function" and node.target in _IN_PLACE_FUNCTIONS:
+            node.target = _IN_PLACE_FUNCTIONS[node.target]
+        elif (node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
+              and hasattr(torch.Tensor, node.target[:-1])):
+            node.target = node.target[:-1]
+
+
 def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
                  method: str) -> tuple[_GraphTail, torch.Tensor, torch.Tensor] | str:
     """Cut the traced model after `layer`: (tail, activation, logits), or why it cannot be cut."""
@@ -150,7 +198,10 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types for Python control flow it cannot trace
         return f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
+    _out_of_place(graph)
     cuts = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    if not cuts:
+        return f"layer {layer!r} is not a call in the traced graph (it sits inside a module fx keeps whole)"
     _called_once(layer, len(cuts))
     cut = cuts[0]
     downstream = {cut}
@@ -160,63 +211,84 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
     output = next(n for n in graph.nodes if n.op == "output")
     if output not in downstream:
         raise LayerError(f"the output of model does not depend on layer {layer!r}; pick a layer on its path")
-    tail_nodes = [n for n in graph.nodes if n in downstream and n is not cut]
-    crossing, constants = [], []
-    for node in tail_nodes:
-        for inp in node.all_input_nodes:
-            if inp in downstream or inp in crossing or inp in constants:
-                continue
-            (constants if inp.op == "get_attr" else crossing).append(inp)
-
     module = fx.GraphModule(tracer.root, graph)
-    recorder = _Recorder(module, {cut, output.all_input_nodes[0], *crossing})
+    recorder = _Recorder(module, cut, downstream, images.shape[0])
     with torch.no_grad():
         logits = recorder.run(images)
     activation = _spatial(recorder.values[cut], layer, method)
+
+    crossing: list[fx.Node] = []
+    constants: list[fx.Node] = []
+    recomputed: set[fx.Node] = set()
+
+    def feed(node: fx.Node) -> str | None:
+        """Classify a value from before the cut that the tail reads; say why it cannot, if so."""
+        if node in downstream or node in recomputed or node in crossing or node in constants:
+            return None
+        if node.op == "get_attr":
+            constants.append(node)
+        elif recorder.per_image[node]:
+            crossing.append(node)
+        elif node.op == "placeholder":
+            return f"model input {node.name!r} is not a per-image tensor"
+        else:
+            recomputed.add(node)
+            for inp in node.all_input_nodes:
+                reason = feed(inp)
+                if reason:
+                    return reason
+        return None
+
+    for node in graph.nodes:
+        if node in downstream and node is not cut:
+            for inp in node.all_input_nodes:
+                reason = feed(inp)
+                if reason:
+                    return reason
     crossing_values = [recorder.values[n] for n in crossing]
-    for node, value in zip(crossing, crossing_values):
-        if not (isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == images.shape[0]):
-            return f"value {node.name!r} crosses the cut but is not a per-image tensor"
+    tail_nodes = [n for n in graph.nodes if (n in downstream and n is not cut) or n in recomputed]
 
     tail = fx.Graph()
     env = {cut: tail.placeholder("filtered")}
     env.update({node: tail.placeholder(f"crossing_{i}") for i, node in enumerate(crossing)})
     env.update({node: tail.node_copy(node) for node in constants})
     for node in tail_nodes:
-        copied = tail.node_copy(node, lambda n: env[n])
-        # An in-place op would overwrite a cached crossing value that every iteration reuses.
-        if copied.kwargs.get("inplace") is True:
-            copied.kwargs = {**copied.kwargs, "inplace": False}
-        env[node] = copied
+        env[node] = tail.node_copy(node, lambda n: env[n])
     return _GraphTail(fx.GraphModule(tracer.root, tail), activation, crossing_values), activation, logits
 
 
-@contextlib.contextmanager
-def _split(model: nn.Module, layer: str, images: torch.Tensor,
-           method: str) -> Iterator[tuple[_Tail, torch.Tensor, torch.Tensor]]:
+def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
+             method: str) -> tuple[_Tail, torch.Tensor, torch.Tensor]:
     """The net after `layer` as a tail, the layer's activation [N,C,h,w] and the unfiltered logits."""
-    module = resolve_layer(model, layer)
+    resolve_layer(model, layer)
     split = _graph_split(model, layer, images, method)
     if not isinstance(split, str):
         log.info("l2caf: fx tail at layer %r (the net before it runs once)", layer)
-        yield split
-        return
+        return split
     log.info("l2caf: hook path at layer %r (whole net every iteration): %s", layer, split)
     captured: list[object] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    handle = resolve_layer(model, layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         with torch.no_grad():
             logits = model(images)
     finally:
         handle.remove()
     _called_once(layer, len(captured))
-    activation = _spatial(captured[0], layer, method)
-    tail = _HookTail(model, images)
-    handle = module.register_forward_hook(tail.hook)
-    try:
-        yield tail, activation, logits
-    finally:
-        handle.remove()
+    return _HookTail(model, layer, images), _spatial(captured[0], layer, method), logits
+
+
+class _Prepared(nn.Module):
+    """The model as `explain` runs it: the forward pass also cuts the net at the layer and keeps the parts."""
+
+    def __init__(self, model: nn.Module, layer: str, method: str) -> None:
+        super().__init__()
+        self.model, self.layer, self.method = model, layer, method
+        self.parts: tuple[_Tail, torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with frozen_model(self.model):
+            self.parts = _prepare(self.model, self.layer, images, self.method)
+        return self.parts[2]
 
 
 def _row_seed(seed: int, image: bytes, target: int | None) -> int:
@@ -225,7 +297,19 @@ def _row_seed(seed: int, image: bytes, target: int | None) -> int:
 
 
 class _L2CAF(AttributionMethod):
-    """Shared optimisation of both L2-CAF variants."""
+    """Shared optimisation of both L2-CAF variants.
+
+    Parameters (defaults follow the TF original's scripts): `lr` and `max_iters` (linear decay to 0
+    for adam, to 1e-5 for the port's sgd); `init` randn (TF) or ones (the port; a Gaussian's centre
+    starts at 0); `finalizer` l2 (f = v/|v|), softmax over the h*w cells, or gauss (a unit-covariance
+    Gaussian with a learned centre, normalised to sum 1, on a grid that maps the layer's extent onto
+    -(gauss_size-1)/2..(gauss_size-1)/2, so gauss_size 7 on a 7x7 layer is the original's integer
+    grid and other layer sizes keep the same blob size relative to the image); `final` abs (|f|, the
+    paper) or clamp (f >= 0, drops cells that argue against the target); stopping every
+    `check_every` steps when a row's pre-update loss moved less than `stop_threshold` since its
+    last check (0 disables); `seed` with each image's content (and target, for the specific
+    variant) seeds its start.
+    """
 
     specific: ClassVar[bool] = False
     defaults = {
@@ -264,17 +348,27 @@ class _L2CAF(AttributionMethod):
             raise ConfigError(f"method {self.name!r}: stop_threshold must be >= 0 (0 disables stopping), "
                               f"got {p['stop_threshold']}")
 
+    def explain(self, model: nn.Module, layer: str | None, images: torch.Tensor,
+                targets: torch.Tensor | None = None) -> Attribution:
+        """As the base `explain` (layer None: the model's default); its forward pass also caches the head."""
+        layer = layer_or_default(model, layer, self.name)
+        return super().explain(_Prepared(model, layer, self.name), layer, images, targets)
+
     def _explain(self, model, layer, images, targets) -> Attribution:
-        with frozen_model(model), torch.enable_grad(), _split(model, layer, images, self.name) as split:
-            tail, activation, logits = split
+        prepared = (model if isinstance(model, _Prepared)
+                    else _Prepared(model, layer_or_default(model, layer, self.name), self.name))
+        if prepared.parts is None:
+            prepared(images)
+        tail, activation, logits = prepared.parts
+        with frozen_model(prepared.model), torch.enable_grad(), tail.attached():
             h, w = activation.shape[-2:]
             if self.specific:
                 goal = torch.ones_like(logits).scatter_(1, targets[:, None], -1.0)
             else:
                 goal = logits
-            init = self._init(images, targets, (h, w))
-            params, iterations = self._optimize(tail, goal, init, self._grid(h, w, images.device))
-            masks = self._masks(params, self._grid(h, w, images.device))
+            grid = self._grid(h, w, images.device)
+            params, iterations = self._optimize(tail, goal, self._init(images, targets, (h, w)), grid)
+            masks = self._masks(params, grid)
         extras = {"filter": masks, "iterations": iterations,
                   "fast_path": torch.full((len(images),), tail.path == "fx", device=images.device)}
         return Attribution(self._heatmaps(masks).float(), targets, targets, extras)

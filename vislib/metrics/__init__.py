@@ -1,6 +1,16 @@
 """Metrics, each registered by name: `vislib.metrics.get(name, **params)(MetricInput) -> MetricResult`."""
 
-from vislib.metrics.base import METRICS, Metric, MetricInput, MetricResult, get, register, target_boxes
 from vislib.metrics import pointing  # noqa: F401  (registration)
+from vislib.metrics import localization  # noqa: F401  (registration)
+from vislib.metrics import perturbation  # noqa: F401  (registration)
+from vislib.metrics.base import (
+    METRICS,
+    Metric,
+    MetricInput,
+    MetricResult,
+    get,
+    register,
+    target_boxes,
+)
 
 __all__ = ["METRICS", "Metric", "MetricInput", "MetricResult", "get", "register", "target_boxes"]

@@ -24,6 +24,7 @@ class MetricInput:
     targets: torch.Tensor  # int64 [N] explained class
     samples: list[Sample]
     model: nn.Module | None = None
+    predicted: torch.Tensor | None = None  # int64 [N] the model's top-1 class, when recorded with the maps
 
 
 @dataclass

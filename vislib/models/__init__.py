@@ -1,5 +1,6 @@
 """Model registry: architectures by name, weights, carried preprocessing and layer lookup."""
 
+from vislib.models import demonet, efficientnet_lite, torchvision_models  # noqa: F401  (registration)
 from vislib.models.registry import (
     MODELS,
     LoadedModel,
@@ -10,7 +11,6 @@ from vislib.models.registry import (
     resolve_layer,
     spatial_layer_names,
 )
-from vislib.models import demonet, efficientnet_lite, torchvision_models  # noqa: F401  (registration)
 
 __all__ = [
     "MODELS",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,9 +26,33 @@ DEFAULT_LAYERS = {
 }
 
 
+WEIGHTS_HOME = "resources/weights"
+"""vislib's weights cache, laid out as a TORCH_HOME (hub/checkpoints/<file>); VISLIB_WEIGHTS overrides it."""
+
+
 def weights_cache_dir() -> Path:
-    """Where torchvision looks for downloaded weights (TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """vislib's cache of downloaded weights (VISLIB_WEIGHTS or resources/weights, then hub/checkpoints)."""
+    return Path(os.environ.get("VISLIB_WEIGHTS", WEIGHTS_HOME)) / "hub" / "checkpoints"
+
+
+def cached_weights(url: str) -> Path | None:
+    """The cached file of a weights URL: in vislib's cache or torch's own (TORCH_HOME), else None."""
+    name = os.path.basename(url)
+    for directory in (weights_cache_dir(), Path(torch.hub.get_dir()) / "checkpoints"):
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+@contextmanager
+def _hub_dir(directory: Path) -> Iterator[None]:
+    """Point torch.hub at `directory` while torchvision loads a cached file from it."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(directory))
+    try:
+        yield
+    finally:
+        torch.hub.set_dir(previous)
 
 
 def _resolve_weights_enum(arch: str, weights: str):
@@ -51,10 +77,11 @@ def _build(arch: str, weights: str, num_classes: int | None) -> LoadedModel:
         class_names = list(categories) if not num_classes or num_classes == 1000 else []
         return LoadedModel(module, IMAGENET, class_names, DEFAULT_LAYERS[arch])
     enum = _resolve_weights_enum(arch, weights)
-    filename = weights_cache_dir() / os.path.basename(enum.url)
-    if not filename.exists():
-        raise missing_weights(arch, weights, enum.url, str(filename))
-    module = get_model(arch, weights=enum)
+    cached = cached_weights(enum.url)
+    if cached is None:
+        raise missing_weights(arch, weights, enum.url, str(weights_cache_dir() / os.path.basename(enum.url)))
+    with _hub_dir(cached.parent.parent):
+        module = get_model(arch, weights=enum)
     transforms = enum.transforms()
     preprocessing = Preprocessing(tuple(transforms.mean), tuple(transforms.std), transforms.crop_size[0])
     return LoadedModel(module, preprocessing, list(enum.meta["categories"]), DEFAULT_LAYERS[arch])
@@ -68,3 +95,11 @@ def _register(arch: str) -> None:
 
 for _arch in DEFAULT_LAYERS:
     _register(_arch)
+
+
+def weights_url(arch: str, weights: str | None) -> str | None:
+    """Download URL of a torchvision pretrained weights name; None for random weights, checkpoints, other archs."""
+    is_checkpoint = os.sep in weights or Path(weights).suffix in (".pt", ".pth") if weights else False
+    if arch not in DEFAULT_LAYERS or not weights or weights == "random" or is_checkpoint:
+        return None
+    return _resolve_weights_enum(arch, weights).url

@@ -1,0 +1,148 @@
+"""Downloads and extraction against a local HTTP server with Range support and scripted failures."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from vislib.data.download import DownloadError, download, extract, fetch, torchvision_hash_prefix
+from vislib.errors import DataError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    cut_once: dict[str, int] = {}  # path -> bytes sent before dropping the connection, first request only
+    requests: list[tuple[str, str | None]] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.requests.append((self.path, self.headers.get("Range")))
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        cut = self.cut_once.pop(self.path, None)
+        if cut is not None:
+            self.wfile.write(body[start:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body[start:])
+
+
+@pytest.fixture
+def server():
+    _Handler.files, _Handler.cut_once, _Handler.requests = {}, {}, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_full_download_and_extract(server: str, tmp_path: Path) -> None:
+    payload = _zip({"val2017/a.jpg": b"a" * 1000, "val2017/b.jpg": b"b" * 500})
+    _Handler.files["/data.zip"] = payload
+    out = fetch(f"{server}/data.zip", tmp_path / "dl", tmp_path / "x", progress=False,
+                sha256=hashlib.sha256(payload).hexdigest())
+    assert (tmp_path / "dl" / "data.zip").read_bytes() == payload
+    assert (out / "val2017" / "a.jpg").read_bytes() == b"a" * 1000
+    assert (out / ".extracted_data.zip").exists()
+    assert not list((tmp_path / "dl").glob("*.part"))
+
+
+def test_cut_transfer_resumes_with_range(server: str, tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 400
+    _Handler.files["/big.bin"] = payload
+    _Handler.cut_once["/big.bin"] = 30_000
+    path = download(f"{server}/big.bin", tmp_path / "big.bin", md5=hashlib.md5(payload).hexdigest(),
+                    backoff=0.01, progress=False)
+    assert path.read_bytes() == payload
+    assert _Handler.requests == [("/big.bin", None), ("/big.bin", "bytes=30000-")]
+
+
+def test_wrong_checksum_deletes_file(server: str, tmp_path: Path) -> None:
+    _Handler.files["/w.bin"] = b"x" * 100
+    with pytest.raises(DownloadError, match="sha256 .* expected 0000"):
+        download(f"{server}/w.bin", tmp_path / "w.bin", sha256="0" * 64, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torchvision_hash_prefix_checked(server: str, tmp_path: Path) -> None:
+    data = b"weights"
+    good = hashlib.sha256(data).hexdigest()[:8]
+    assert torchvision_hash_prefix(f"https://x/resnet50-{good}.pth") == good
+    _Handler.files[f"/resnet50-{good}.pth"] = data
+    _Handler.files["/resnet50-deadbeef.pth"] = data
+    download(f"{server}/resnet50-{good}.pth", tmp_path / "ok.pth", sha256_prefix=good, progress=False)
+    with pytest.raises(DownloadError, match="expected deadbeef"):
+        download(f"{server}/resnet50-deadbeef.pth", tmp_path / "bad.pth", sha256_prefix="deadbeef", progress=False)
+    assert not (tmp_path / "bad.pth").exists() and not (tmp_path / "bad.pth.part").exists()
+
+
+def test_404_names_url(server: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=r"http://127\.0\.0\.1:\d+/missing\.zip was not found \(HTTP 404\)"):
+        download(f"{server}/missing.zip", tmp_path / "missing.zip", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_host_says_where_to_place_file(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="place it at"):
+        download("http://127.0.0.1:9/w.pth", tmp_path / "w.pth", retries=1, backoff=0.01, progress=False)
+    assert not (tmp_path / "w.pth").exists()
+
+
+def test_corrupt_archive_has_no_done_marker(tmp_path: Path) -> None:
+    good = _zip({"a.txt": b"hello" * 1000})
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(good[:40] + b"\0" * 200 + good[240:])
+    with pytest.raises(DataError, match="corrupt"):
+        extract(bad, tmp_path / "out")
+    assert not (tmp_path / "out" / ".extracted_bad.zip").exists()
+    truncated = tmp_path / "t.tar.gz"
+    src = tmp_path / "f.bin"
+    src.write_bytes(bytes(range(256)) * 200)
+    with tarfile.open(truncated, "w:gz") as tf:
+        tf.add(src, arcname="f.bin")
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(DataError, match="corrupt"):
+        extract(truncated, tmp_path / "out2")
+    assert not (tmp_path / "out2" / ".extracted_t.tar.gz").exists()
+
+
+def test_extraction_resumes(tmp_path: Path) -> None:
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip({"d/1.txt": b"one", "d/2.txt": b"two"}))
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "1.txt").write_bytes(b"one")
+    (out / "d" / "2.txt").write_bytes(b"t")  # cut short by an earlier interrupted run
+    extract(archive, out)
+    assert (out / "d" / "2.txt").read_bytes() == b"two"

@@ -1,0 +1,188 @@
+"""The CAM family: parity with pytorch-grad-cam, CAM = Grad-CAM on GAP + linear nets, Score-CAM options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from skimage import data as skdata
+
+from vislib import methods, models
+from vislib.errors import ConfigError, LayerError
+from vislib.methods.cam import layer_activation_and_grad
+from vislib.methods.hooks import capture_layer, frozen_model
+
+PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM, "scorecam": ScoreCAM}
+
+
+class _HalfPixelUpsample(torch.nn.Module):
+    """Bilinear upsampling with half-pixel centres, the convention vislib uses for every map."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x):
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+def photos(size: int) -> torch.Tensor:
+    """Two real photographs in [0,1], [2,3,size,size]."""
+    images = [torch.from_numpy(skdata.astronaut()), torch.from_numpy(skdata.chelsea())]
+    batch = torch.stack([F.interpolate(im.permute(2, 0, 1)[None].float() / 255, size=(size, size),
+                                       mode="bilinear", antialias=True)[0] for im in images])
+    return batch.clamp(0, 1)
+
+
+def peer_native_maps(method: str, net, layer: str, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's map at layer resolution (their get_cam_image route, before cv2 resizing)."""
+    module = models.resolve_layer(net, layer)
+    wanted = [ClassifierOutputTarget(int(t)) for t in targets]
+    with PEERS[method](net, target_layers=[module]) as cam:
+        if method == "scorecam":
+            # Their __call__ would score every channel twice; the weights come from get_cam_image alone.
+            cam.activations_and_grads(x)
+            grads = None
+        else:
+            cam(input_tensor=x, targets=wanted)
+            grads = cam.activations_and_grads.gradients[0].numpy()
+        activations = cam.activations_and_grads.activations[0].numpy()
+        native = cam.get_cam_image(x, module, wanted, activations, grads, False)
+    net.zero_grad(set_to_none=True)
+    return torch.from_numpy(np.maximum(native, 0))
+
+
+# (model, weights, input size, layer, layer for Score-CAM: fewer channels keep exact Score-CAM quick)
+PARITY_CASES = [
+    ("demonet", "random", 64, "features.14", "features.6"),
+    ("resnet18", "random", 64, "layer4", "layer1"),
+    ("efficientnet_lite0", "IMAGENET", 224, "_bn1", "_blocks.0._bn2"),
+]
+
+
+@pytest.fixture(scope="module")
+def parity_nets():
+    torch.manual_seed(0)
+    return {name: models.load(name, weights) for name, weights, *_ in PARITY_CASES}
+
+
+@pytest.mark.parametrize("method", sorted(PEERS))
+@pytest.mark.parametrize("case", PARITY_CASES, ids=[c[0] for c in PARITY_CASES])
+def test_matches_pytorch_grad_cam(parity_nets, monkeypatch, method, case):
+    name, _, size, layer, scorecam_layer = case
+    net = parity_nets[name]
+    layer = scorecam_layer if method == "scorecam" else layer
+    if name == "efficientnet_lite0":
+        x = models.preprocessing_of(net).normalize(photos(size))
+        targets = net(x).argmax(1)
+    else:
+        x = torch.randn(2, 3, size, size)
+        targets = torch.tensor([1, 3])
+    ours = methods.get(method).explain(net, layer, x, targets).maps
+    # pytorch-grad-cam upsamples Score-CAM masks with align_corners=True; vislib uses half-pixel
+    # centres everywhere, so the peer gets the same upsampling for a like-for-like comparison.
+    monkeypatch.setattr(torch.nn, "UpsamplingBilinear2d", _HalfPixelUpsample)
+    theirs = peer_native_maps(method, net, layer, x, targets)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(methods.normalize_maps(ours), methods.normalize_maps(theirs), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,layer", [("demonet", "features.14"), ("resnet18", "layer4"),
+                                        ("googlenet", "inception5b")])
+def test_cam_equals_gradcam_on_global_pool_linear_nets(name, layer):
+    net = models.load(name, "random")
+    x = torch.randn(3, 3, 64, 64)
+    targets = torch.tensor([0, 2, 5])
+    cam = methods.get("cam").explain(net, layer, x, targets).maps
+    gradcam = methods.get("gradcam").explain(net, layer, x, targets).maps
+    # Scaled by each map's maximum: a random googlenet's maps are ~1e-12, below normalize_maps' floor.
+    peak = cam.amax(dim=(1, 2), keepdim=True)
+    assert (peak > 0).any()
+    torch.testing.assert_close(cam / peak.clamp_min(1e-30),
+                               gradcam / gradcam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30), rtol=0, atol=1e-5)
+
+
+def test_cam_refuses_layers_that_do_not_feed_pool_and_linear():
+    net = models.load("demonet", "random")
+    with pytest.raises(LayerError, match="global average.*'features.11'.*gradcam"):
+        methods.get("cam").explain(net, "features.11", torch.randn(1, 3, 64, 64))
+    alexnet = models.load("alexnet", "random")
+    with pytest.raises(LayerError, match="alexnet"):
+        methods.get("cam").explain(alexnet, None, torch.randn(1, 3, 64, 64))
+
+
+def _naive_scorecam(net, layer, x, target, channels):
+    """Score-CAM of one image scoring only `channels`, one masked forward at a time; the other
+    channels get the mean softmax weight of the scored ones."""
+    with torch.no_grad(), frozen_model(net), capture_layer(net, layer) as capture:
+        net(x)
+        activation = capture.activation[0].clone()
+        exp_scores = torch.zeros(len(activation))
+        for c in channels:
+            mask = F.interpolate(activation[c][None, None], size=x.shape[-2:], mode="bilinear",
+                                 align_corners=False)[0, 0]
+            mask = (mask - mask.min()) / (mask.max() - mask.min()) if mask.max() > mask.min() else mask * 0
+            exp_scores[c] = torch.exp(net(x * mask)[0, target].double())
+    scored = torch.zeros(len(activation), dtype=torch.bool)
+    scored[channels] = True
+    weights = torch.where(scored, exp_scores, exp_scores[scored].mean())
+    return torch.relu(((weights / weights.sum()).float()[:, None, None] * activation).sum(0))
+
+
+def test_scorecam_top_channels_scores_the_most_activated_channels_only():
+    net = models.load("demonet", "random")
+    x = torch.randn(2, 3, 64, 64)
+    targets = torch.tensor([4, 1])
+    ours = methods.get("scorecam", top_channels=5, batch_size=3).explain(net, "features.14", x, targets).maps
+    with torch.no_grad(), capture_layer(net, "features.14") as capture:
+        net(x)
+        top = capture.activation.mean(dim=(2, 3)).topk(5, dim=1).indices
+    for i in range(2):
+        expected = _naive_scorecam(net, "features.14", x[i:i + 1], int(targets[i]), top[i])
+        torch.testing.assert_close(ours[i], expected, rtol=1e-4, atol=1e-6)
+    everything = _naive_scorecam(net, "features.14", x[:1], 4, torch.arange(128))
+    torch.testing.assert_close(methods.get("scorecam").explain(net, "features.14", x[:1], targets[:1]).maps[0],
+                               everything, rtol=1e-4, atol=1e-6)
+
+
+def test_scorecam_result_does_not_depend_on_batch_size_or_an_oversized_top_channels():
+    net = models.load("demonet", "random")
+    x = torch.randn(2, 3, 64, 64)
+    exact = methods.get("scorecam", batch_size=64).explain(net, "features.6", x).maps
+    torch.testing.assert_close(methods.get("scorecam", batch_size=7).explain(net, "features.6", x).maps, exact)
+    torch.testing.assert_close(methods.get("scorecam", top_channels=10_000).explain(net, "features.6", x).maps,
+                               exact)
+
+
+def test_layer_activation_and_grad_matches_a_full_backward_pass():
+    net = models.load("resnet18", "random")
+    x = torch.randn(2, 3, 64, 64)
+    targets = torch.tensor([3, 7])
+    activation, grad, logits = layer_activation_and_grad(net, "layer3", x, targets, "gradcam")
+    with frozen_model(net), capture_layer(net, "layer3") as capture:
+        out = net(x.clone().requires_grad_(True))
+        (expected,) = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), capture.activation)
+    torch.testing.assert_close(activation, capture.activation.detach())
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(logits, out.detach())
+
+
+def test_default_layer_is_the_models_own():
+    net = models.load("demonet", "random")
+    x = torch.randn(2, 3, 64, 64)
+    for name, params in [("cam", {}), ("gradcam", {}), ("gradcampp", {}), ("layercam", {}),
+                         ("scorecam", {"top_channels": 4})]:
+        torch.testing.assert_close(methods.get(name, **params).explain(net, None, x).maps,
+                                   methods.get(name, **params).explain(net, "features.14", x).maps)
+
+
+def test_scorecam_parameters_are_checked():
+    with pytest.raises(ConfigError, match="'batch_size' must be >= 1"):
+        methods.get("scorecam", batch_size=0)
+    with pytest.raises(ConfigError, match="'top_channels' must be >= 0"):
+        methods.get("scorecam", top_channels=-1)
+    with pytest.raises(ConfigError, match="'top_channels' must be int"):
+        methods.get("scorecam", top_channels="8")

@@ -1,0 +1,160 @@
+"""Every attribution method on every architecture: shapes, batching, model state, hooks and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vislib import methods, models
+from vislib.errors import ConfigError, LayerError, VislibError
+from vislib.methods.hooks import hook_count
+
+ARCHITECTURES = ["demonet", "resnet18", "densenet121", "googlenet", "vgg16", "alexnet"]
+CAM_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "scorecam"]
+INPUT_RESOLUTION = ["vanilla_gradient", "guided_backprop", "guided_gradcam", "gradient_x_input",
+                    "integrated_gradients", "smoothgrad"]
+ALL_METHODS = CAM_METHODS + INPUT_RESOLUTION
+# Small settings keep the matrix quick; the defaults are exercised on the demo net below.
+QUICK = {"scorecam": {"top_channels": 8}, "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}}
+NO_POOL_LINEAR_HEAD = {"vgg16", "alexnet"}  # CAM needs global pooling + one linear layer
+
+
+def test_every_method_is_registered():
+    assert set(ALL_METHODS) <= set(methods.METHODS.names())
+
+
+def snapshot(net: torch.nn.Module) -> dict:
+    """Everything a method could leave changed: hooks, grad and in-place flags, mode, weights, F.relu."""
+    return {
+        "hooks": hook_count(net),
+        "grad": [p.requires_grad for p in net.parameters()],
+        "inplace": [(name, m.inplace) for name, m in net.named_modules() if hasattr(m, "inplace")],
+        "training": [m.training for m in net.modules()],
+        "relu": F.relu,
+        "grads": sum(p.grad is not None for p in net.parameters()),
+    }
+
+
+def assert_unchanged(net: torch.nn.Module, before: dict, state: dict[str, torch.Tensor]) -> None:
+    assert snapshot(net) == before
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch(request):
+    """A random-weight model, its state dict and its pristine snapshot."""
+    torch.manual_seed(0)
+    net = models.load(request.param, "random")
+    return request.param, net, {k: v.clone() for k, v in net.state_dict().items()}, snapshot(net)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_on_every_architecture(arch, method):
+    name, net, state, before = arch
+    x = torch.randn(2, 3, 64, 64)
+    explainer = methods.get(method, **QUICK.get(method, {}))
+    if method == "cam" and name in NO_POOL_LINEAR_HEAD:
+        with pytest.raises(LayerError, match="global average"):
+            explainer.explain(net, None, x)
+    else:
+        result = explainer.explain(net, None, x)
+        assert result.maps.dtype == torch.float32 and result.maps.ndim == 3 and len(result.maps) == 2
+        if method in INPUT_RESOLUTION:
+            assert result.maps.shape[1:] == (64, 64)
+        assert torch.isfinite(result.maps).all()
+        with torch.no_grad():
+            predicted = net(x).argmax(1)
+        assert torch.equal(result.targets, predicted) and torch.equal(result.predicted, predicted)
+    assert_unchanged(net, before, state)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_a_batch_gives_the_maps_of_its_images_one_at_a_time(method):
+    net = models.load("demonet", "random")
+    x = torch.randn(3, 3, 64, 64)
+    targets = torch.tensor([0, 4, 2])
+    explainer = methods.get(method, **QUICK.get(method, {}))
+    batch = explainer.explain(net, None, x, targets).maps
+    single = torch.cat([explainer.explain(net, None, x[i:i + 1], targets[i:i + 1]).maps for i in range(3)])
+    scale = float(batch.abs().max())
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_defaults_run_on_the_demo_net(method):
+    net = models.load("demonet", "random")
+    result = methods.get(method).explain(net, None, torch.randn(2, 3, 64, 64))
+    assert torch.isfinite(result.maps).all() and result.maps.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_model_is_unchanged_after_an_error_inside_the_method(method):
+    net = models.load("demonet", "random")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    before = snapshot(net)
+    calls = []
+
+    def fail_on_second_forward(_module, _inputs, _output):
+        # The first forward is explain's prediction; the second is inside the method's contexts.
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+
+    handle = net.fc.register_forward_hook(fail_on_second_forward)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            methods.get(method, **QUICK.get(method, {})).explain(net, None, torch.randn(2, 3, 64, 64))
+    finally:
+        handle.remove()
+    assert_unchanged(net, before, state)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS + ["guided_gradcam"])
+def test_layer_methods_reject_non_spatial_and_unknown_layers(method):
+    net = models.load("resnet18", "random")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    before = snapshot(net)
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(LayerError, match="spatial layer, but 'fc'"):
+        methods.get(method).explain(net, "fc", x)
+    with pytest.raises(LayerError, match="unknown layer.*'layer9'"):
+        methods.get(method).explain(net, "layer9", x)
+    assert_unchanged(net, before, state)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_targets_outside_the_class_range_are_refused(method):
+    net = models.load("demonet", "random")
+    with pytest.raises(VislibError, match="target class 6 is outside the model's range 0..5"):
+        methods.get(method).explain(net, None, torch.randn(2, 3, 64, 64), torch.tensor([0, 6]))
+
+
+@pytest.mark.parametrize("method,params,message", [
+    ("scorecam", {"batch_size": "32"}, "'batch_size' must be int"),
+    ("scorecam", {"top_channels": 2.5}, "'top_channels' must be int"),
+    ("integrated_gradients", {"steps": 3.5}, "'steps' must be int"),
+    ("integrated_gradients", {"baseline": 0}, "'baseline' must be str"),
+    ("smoothgrad", {"samples": "4"}, "'samples' must be int"),
+    ("smoothgrad", {"seed": True}, "'seed' must be int"),
+    ("guided_backprop", {"relu6": "yes"}, "'relu6' must be bool"),
+    ("gradcam", {"layer": "layer4"}, "no parameter 'layer'"),
+])
+def test_parameters_of_the_wrong_type_are_refused(method, params, message):
+    with pytest.raises(ConfigError, match=message):
+        methods.get(method, **params)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_cuda_gives_the_cpu_maps(method):
+    net = models.load("demonet", "random")
+    x = torch.randn(2, 3, 64, 64)
+    targets = torch.tensor([1, 2])
+    explainer = methods.get(method, **QUICK.get(method, {}))
+    cpu = explainer.explain(net, None, x, targets).maps
+    gpu = explainer.explain(net.cuda(), None, x.cuda(), targets.cuda()).maps
+    if method == "smoothgrad":  # CUDA draws other noise from the same seed
+        assert gpu.shape == cpu.shape and torch.isfinite(gpu).all()
+        return
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4 * float(cpu.abs().max()))

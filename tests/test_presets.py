@@ -1,0 +1,45 @@
+"""Every paper preset builds its DAG without data; a missing ImageNet archive fails with one clear message."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from tests.workflow_helpers import REPO, snakemake
+
+PRESETS = sorted((REPO / "config" / "presets").glob("*.yaml"))
+
+
+def test_presets_exist() -> None:
+    assert {p.stem for p in PRESETS} >= {"l2caf_imagenet", "cams_imagenet", "lavise_vg", "lavise_coco",
+                                         "featvis_imagenet"}
+
+
+def test_presets_dry_run(tmp_path: Path) -> None:
+    # Dry runs go two at a time: each spends most of its time importing torch and checking layers.
+    def dry_run(preset: Path) -> str:
+        workdir = tmp_path / preset.stem
+        workdir.mkdir()
+        targets = ["all", "weights"] if preset.stem == "l2caf_imagenet" else []
+        proc = snakemake(workdir, yaml.safe_load(preset.read_text()), "-n", *targets)
+        return proc.stdout + proc.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outputs = dict(zip(PRESETS, pool.map(dry_run, PRESETS)))
+    for preset, out in outputs.items():
+        assert "prepare_dataset" in out and "aggregate" in out, f"{preset.name}: {out[-2000:]}"
+    l2caf = outputs[REPO / "config" / "presets" / "l2caf_imagenet.yaml"]
+    for name in ("resnet50-0676ba61.pth", "googlenet-1378be20.pth", "densenet169-b2777c0a.pth"):
+        assert f"resources/weights/hub/checkpoints/{name}" in l2caf
+
+
+def test_missing_imagenet_archive_message(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "config" / "presets" / "l2caf_imagenet.yaml").read_text())
+    proc = snakemake(tmp_path, config, "resources/datasets/imagenet_val/prepared.json", check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs" / "prepare_dataset" / "imagenet_val.log").read_text()
+    assert "params.archive points at 'resources/imagenet/ILSVRC2012_img_val.tar', which does not exist" in log
+    assert "image-net.org" in log
+    assert not (tmp_path / "resources" / "datasets" / "imagenet_val" / "prepared.json").exists()

@@ -1,0 +1,64 @@
+"""Class image generation: images that maximise a class logit, plain or regularised."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vislib.errors import ConfigError
+from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_units, register, unit_noise
+from vislib.featvis.engine import ENGINE_DEFAULTS, optimize, settings_from
+from vislib.methods.hooks import frozen_model
+from vislib.models.registry import preprocessing_of
+
+
+@register
+class ClassImage(FeatVisMethod):
+    """Class image (Simonyan et al. 2014): ascend logit c from noise.
+
+    `regularized` adds L2 decay (towards the mean colour), periodic blur, jitter and octaves;
+    plain only keeps pixels in range.
+    """
+
+    name = "class_image"
+    defaults = {
+        **ENGINE_DEFAULTS, "regularized": True, "size": 0, "init_std": 0.1, "seed": 0,
+        "iterations": 24, "lr": 0.02, "lr_end": 0.005, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,
+        "octaves": 4, "octave_scale": 1.5, "jitter": 16, "scale_jitter": 0.1, "blur_every": 4, "blur_sigma": 0.5,
+        "decay_weight": 0.01,
+    }
+
+    def generate(self, model: nn.Module, layer: str | None = None,
+                 units: Sequence[int] | torch.Tensor | None = None,
+                 images: torch.Tensor | None = None) -> FeatVisResult:
+        """One image per class index in `units`; `layer` is not used (the logits are the target)."""
+        if images is not None:
+            raise ConfigError(f"featvis {self.name!r} starts from noise and takes no images")
+        preprocessing = preprocessing_of(model)
+        device = next(model.parameters()).device
+        side = self.params["size"] or preprocessing.input_size
+        with frozen_model(model), torch.no_grad():
+            num_classes = model(torch.zeros(1, 3, side, side, device=device)).shape[1]
+        classes = check_units(units, num_classes, "class", self.name)
+        init = unit_noise(classes, (side, side), self.params["seed"], self.params["init_std"]).to(device)
+        settings = settings_from(self.params)
+        if not self.params["regularized"]:
+            settings = settings_from(self.params, octaves=1, jitter=0, scale_jitter=0.0, blur_every=0,
+                                     decay_weight=0.0, grad_pyramid=0, decorrelate=False)
+        index = classes.to(device)[:, None]
+
+        def logit(normalised: torch.Tensor) -> torch.Tensor:
+            return model(normalised).gather(1, index)[:, 0]
+
+        with frozen_model(model):
+            result, curve = optimize(model, lambda x: -logit(x), init, settings, self.params["seed"])
+            with torch.no_grad():
+                start = logit(preprocessing.normalize(init)).float().cpu()
+                end = logit(preprocessing.normalize(result)).float().cpu()
+                probability = torch.softmax(model(preprocessing.normalize(result)), 1).gather(1, index)[:, 0]
+        names = getattr(model, "vislib_class_names", [])
+        labels = [f"class {c}" + (f" ({names[c]})" if c < len(names) else "") for c in classes.tolist()]
+        extras = {"logit_start": start, "logit_end": end, "probability_end": probability.float().cpu()}
+        return FeatVisResult(self.name, None, result.cpu(), classes, labels, curve.cpu(), extras)

@@ -1,0 +1,291 @@
+"""The activation-maximisation engine: pixel images in [0,1], octaves, jitter, blur, regularisers."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from vislib.errors import LayerError
+from vislib.models.registry import preprocessing_of, resolve_layer
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How `optimize` runs; every field is also a parameter name of the methods that expose it."""
+
+    iterations: int = 64
+    lr: float = 0.05
+    lr_end: float = 0.05
+    octaves: int = 1
+    octave_scale: float = 1.4
+    jitter: int = 0
+    scale_jitter: float = 0.0
+    blur_every: int = 0
+    blur_sigma: float = 0.0
+    tv_weight: float = 0.0
+    tv_beta: float = 2.0
+    decay_weight: float = 0.0
+    alpha_weight: float = 0.0
+    alpha: float = 6.0
+    grad_pyramid: int = 0
+    decorrelate: bool = False
+    optimizer: str = "adam"
+
+
+ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
+
+
+# Lucid's square root C of the ImageNet colour covariance. Preconditioning the gradient with
+# (C C^T)^(1/2) (= U S U^T for C = U S V^T) moves pixels mostly in brightness and less in hue,
+# the way a step in decorrelated colour space would, with less loss of colour than C C^T.
+_COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_U, _S, _ = torch.linalg.svd(_COLOUR_SQRT)
+_COLOUR_PRECONDITIONER = _U @ torch.diag(_S / _S.max()) @ _U.T
+
+
+def settings_from(params: dict[str, Any], **overrides: Any) -> EngineSettings:
+    """Engine settings from a method's parameters (keys it does not have keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(EngineSettings)}
+    return EngineSettings(**{**{k: v for k, v in params.items() if k in names}, **overrides})
+
+
+def blur_kernel_size(sigma: float) -> int:
+    """Odd kernel size for `sigma`, by imgaug's rule (so ported schedules blur the same)."""
+    factor = 3.3 if sigma < 3.0 else (2.9 if sigma < 5.0 else 2.6)
+    size = int(max(factor * sigma, 5))
+    return size + 1 if size % 2 == 0 else size
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a [N,C,H,W] batch with reflect borders; sigma <= 1e-3 leaves it unchanged."""
+    if sigma <= 1e-3:
+        return images
+    k = min(blur_kernel_size(sigma), 2 * (min(images.shape[-2:]) // 2) - 1)
+    if k < 3:
+        return images
+    return TF.gaussian_blur(images, kernel_size=[k, k], sigma=[sigma, sigma])
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a [N,C,H,W] batch (antialiased when shrinking)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def total_variation(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Per-image mean of ((dI/dy)^2 + (dI/dx)^2)^(beta/2) over the H and W axes of [N,C,H,W]."""
+    dy = images[..., 1:, :-1] - images[..., :-1, :-1]
+    dx = images[..., :-1, 1:] - images[..., :-1, :-1]
+    squared = dy ** 2 + dx ** 2
+    # The small offset keeps the gradient finite at flat regions when beta < 2.
+    tv = squared if beta == 2.0 else (squared + 1e-8) ** (beta / 2)
+    return tv.flatten(1).mean(1)
+
+
+def laplacian_normalize(grad: torch.Tensor, levels: int) -> torch.Tensor:
+    """Give each level of a [N,C,H,W] gradient's Laplacian pyramid unit RMS per image, then recombine.
+
+    Raw pixel gradients are dominated by high frequencies; equalising the levels lets coarse
+    structure form (the "lapnorm" of the DeepDream notebook).
+    """
+    bands = []
+    current = grad
+    for _ in range(levels - 1):
+        h, w = current.shape[-2:]
+        if min(h, w) < 4:
+            break
+        low = resize(current, ((h + 1) // 2, (w + 1) // 2))
+        bands.append(current - resize(low, (h, w)))
+        current = low
+    bands.append(current)
+    result = None
+    for band in reversed(bands):
+        band = band / band.pow(2).flatten(1).mean(1).sqrt().clamp_min(1e-12)[:, None, None, None]
+        result = band if result is None else resize(result, tuple(band.shape[-2:])) + band
+    return result
+
+
+def octave_sizes(size: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
+    """Canvas sizes from the smallest octave to `size`, each `scale` times the previous."""
+    h, w = size
+    return [(max(8, round(h / scale ** k)), max(8, round(w / scale ** k))) for k in range(octaves - 1, -1, -1)]
+
+
+class _StopForward(Exception):
+    """Raised by a tap hook once every tapped layer ran, to skip the rest of the network."""
+
+
+class LayerTaps:
+    """Outputs and inputs of named layers from the last forward pass."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def output(self, layer: str) -> torch.Tensor:
+        """The output of `layer`; LayerError when the forward pass did not reach it."""
+        if layer not in self.outputs:
+            raise LayerError(f"layer {layer!r} was not reached in the forward pass; pick a layer the model runs")
+        return self.outputs[layer]
+
+    def input(self, layer: str) -> torch.Tensor:
+        """The first input of `layer`; LayerError when the forward pass did not reach it."""
+        if layer not in self.inputs:
+            raise LayerError(f"layer {layer!r} was not reached in the forward pass; pick a layer the model runs")
+        return self.inputs[layer]
+
+
+@contextlib.contextmanager
+def tap_layers(model: nn.Module, outputs: Sequence[str] = (), inputs: Sequence[str] = (),
+               stop: bool = False) -> Iterator[LayerTaps]:
+    """Record outputs/inputs of layers on each forward; `stop` ends the pass once all were recorded.
+
+    Hooks are removed on exit, even on errors. Use `run` to call the model under `stop`.
+    """
+    modules = {name: resolve_layer(model, name) for name in (*outputs, *inputs)}
+    taps = LayerTaps()
+    wanted = len(set(outputs)) + len(set(inputs))
+
+    def done() -> bool:
+        return len(taps.outputs) + len(taps.inputs) == wanted
+
+    def on_output(name: str) -> Callable:
+        def hook(_module, _args, output):
+            taps.calls[name] = taps.calls.get(name, 0) + 1
+            taps.outputs[name] = output if isinstance(output, torch.Tensor) else output[0]
+            if stop and done():
+                raise _StopForward
+
+        return hook
+
+    def on_input(name: str) -> Callable:
+        def hook(_module, args):
+            taps.inputs[name] = args[0]
+            if stop and done():
+                raise _StopForward
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(on_output(name)) for name in dict.fromkeys(outputs)]
+    handles += [modules[name].register_forward_pre_hook(on_input(name)) for name in dict.fromkeys(inputs)]
+    try:
+        yield taps
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run(model: nn.Module, inputs: torch.Tensor, taps: LayerTaps) -> torch.Tensor | None:
+    """Forward `inputs` after clearing `taps`; the logits, or None when a tap stopped the pass early."""
+    taps.outputs.clear()
+    taps.inputs.clear()
+    taps.calls.clear()
+    try:
+        return model(inputs)
+    except _StopForward:
+        return None
+
+
+def probe_layer(model: nn.Module, layer: str, sample: torch.Tensor) -> tuple[tuple[int, ...], bool]:
+    """Output shape of `layer` for `sample`, and whether it runs exactly once per forward.
+
+    Only a layer that runs once can end the forward pass early without changing which call is seen.
+    """
+    with tap_layers(model, outputs=[layer]) as taps, torch.no_grad():
+        run(model, sample, taps)
+        shape = tuple(taps.output(layer).shape)
+    return shape, taps.calls.get(layer) == 1
+
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+"""objective(normalised batch [N,3,h,w]) -> per-image loss [N] to minimise."""
+
+
+def regularizers(images: torch.Tensor, normalised: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
+    """Per-image TV (pixel space), L2 decay and alpha-norm (model space, i.e. around the mean colour)."""
+    total = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
+    if settings.tv_weight:
+        total = total + settings.tv_weight * total_variation(images, settings.tv_beta)
+    if settings.decay_weight:
+        total = total + settings.decay_weight * normalised.pow(2).flatten(1).mean(1)
+    if settings.alpha_weight:
+        total = total + settings.alpha_weight * normalised.abs().pow(settings.alpha).flatten(1).mean(1)
+    return total
+
+
+def _jitter(images: torch.Tensor, settings: EngineSettings, generator: torch.Generator) -> torch.Tensor:
+    """Random shift (and rescale) shared by the whole batch, so each image's result is batch-independent."""
+    if settings.jitter:
+        dy, dx = torch.randint(-settings.jitter, settings.jitter + 1, (2,), generator=generator).tolist()
+        images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if settings.scale_jitter:
+        factor = 1.0 + settings.scale_jitter * (2 * torch.rand((), generator=generator).item() - 1)
+        h, w = images.shape[-2:]
+        images = F.interpolate(images, size=(max(8, round(h * factor)), max(8, round(w * factor))),
+                               mode="bilinear", align_corners=False)
+    return images
+
+
+def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, settings: EngineSettings,
+             seed: int, base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise objective + regularisers over a [N,3,H,W] pixel batch in [0,1], octave by octave.
+
+    Returns the final images [N,3,H,W] and the per-image loss curve [octaves*iterations, N].
+    With `base` (deep dream) each octave starts from the base image at that size plus the detail
+    added so far; without it the previous octave's image is upscaled.
+    """
+    preprocessing = preprocessing_of(model)
+    generator = torch.Generator().manual_seed(seed)
+    sizes = octave_sizes(tuple(init.shape[-2:]), settings.octaves, settings.octave_scale)
+    images = resize(init, sizes[0]).clamp(0, 1)
+    curve = []
+    for k, size in enumerate(sizes):
+        if k:
+            if base is None:
+                images = resize(images, size)
+            else:
+                detail = images - resize(base, sizes[k - 1])
+                images = resize(base, size) + resize(detail, size)
+            images = images.clamp(0, 1)
+        pixels = images.detach().clone().requires_grad_(True)
+        # "normalized": plain descent on the gradient divided by its per-image mean magnitude; unlike
+        # Adam it keeps the gradient's spectrum, so high frequencies are not boosted to full step.
+        optimizer = torch.optim.Adam([pixels], lr=settings.lr) if settings.optimizer == "adam" else \
+            torch.optim.SGD([pixels], lr=settings.lr)
+        for i in range(settings.iterations):
+            fraction = i / max(1, settings.iterations - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr + (settings.lr_end - settings.lr) * fraction
+            with torch.enable_grad():
+                normalised = preprocessing.normalize(pixels)
+                view = _jitter(normalised, settings, generator)
+                per_image = objective(view) + regularizers(pixels, normalised, settings)
+                optimizer.zero_grad(set_to_none=True)
+                # Images are independent, so the gradient of the sum is each image's own gradient.
+                per_image.sum().backward()
+            if settings.decorrelate:
+                pixels.grad = torch.einsum("ij,njhw->nihw", _COLOUR_PRECONDITIONER.to(pixels.grad), pixels.grad)
+            if settings.grad_pyramid:
+                pixels.grad = laplacian_normalize(pixels.grad, settings.grad_pyramid)
+            if settings.optimizer == "normalized":
+                pixels.grad /= pixels.grad.abs().flatten(1).mean(1).clamp_min(1e-12)[:, None, None, None]
+            optimizer.step()
+            with torch.no_grad():
+                # The last step is never blurred, so the result keeps the detail the objective asked for.
+                if settings.blur_every and (i + 1) % settings.blur_every == 0 and i + 1 < settings.iterations:
+                    pixels.copy_(gaussian_blur(pixels, settings.blur_sigma))
+                pixels.clamp_(0, 1)
+            curve.append(per_image.detach().float())
+        images = pixels.detach()
+    return images.float(), torch.stack(curve)
+

@@ -1,0 +1,253 @@
+"""Training the explainer on cached features: CSMR loss, Adam, a checkpoint every epoch, exact resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from vislib.errors import ConfigError, VislibError
+from vislib.io import atomic_path
+from vislib.lavise.embeddings import WordEmbeddings, load_glove
+from vislib.lavise.features import FeatureCache, ItemReader
+from vislib.lavise.model import Explainer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "vislib-lavise-explainer-1"
+
+
+def csmr_loss(pred: torch.Tensor, targets: torch.Tensor, concepts: torch.Tensor,
+              margin: float = 1.0) -> torch.Tensor:
+    """Cosine similarity margin ranking loss (paper Eq. 1), averaged over the batch.
+
+    Per row: sum over non-target concepts c of max(0, margin - mean cos(pred, positives) + cos(pred, c));
+    rows without a positive concept contribute 0.
+    """
+    cos = F.normalize(pred, dim=1) @ F.normalize(concepts, dim=1).T
+    t = targets.to(cos.dtype)
+    n_pos = t.sum(1)
+    # Clamping the divisor instead of dividing by zero keeps NaN out of the gradient as well.
+    pos = (cos * t).sum(1) / n_pos.clamp_min(1.0)
+    row = (torch.clamp(margin - pos[:, None] + cos, min=0.0) * (1.0 - t)).sum(1)
+    return (row * (n_pos > 0)).mean()
+
+
+def topk_accuracy(pred: torch.Tensor, targets: torch.Tensor, concepts: torch.Tensor,
+                  ks: tuple[int, ...]) -> dict[int, float]:
+    """Fraction of items whose k nearest concepts (cosine) include a positive one, per k."""
+    cos = F.normalize(pred, dim=1) @ F.normalize(concepts, dim=1).T
+    order = cos.argsort(dim=1, descending=True)
+    hit = targets.gather(1, order)
+    return {k: float(hit[:, :k].any(1).float().mean()) if len(hit) else float("nan") for k in ks}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything but the epoch count that fixes a training curve; resume requires the same settings."""
+
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    margin: float = 1.0
+    dropout: float = 0.1
+    val_fraction: float = 0.1
+    seen_fraction: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Reject values that cannot train."""
+        if self.batch_size < 2:
+            raise ConfigError(f"lavise batch_size {self.batch_size} must be at least 2 (BatchNorm needs it)")
+        if self.lr <= 0:
+            raise ConfigError(f"lavise lr {self.lr} must be positive")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"lavise val_fraction {self.val_fraction} must be in [0, 1)")
+        if not 0 < self.seen_fraction <= 1:
+            raise ConfigError(f"lavise seen_fraction {self.seen_fraction} must be in (0, 1]")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lavise dropout {self.dropout} must be in [0, 1)")
+
+
+def _split(cache: FeatureCache, settings: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image-level train/val split (no image in both) and the seen concept columns."""
+    images = np.sort(cache.image_index())
+    rng = np.random.default_rng([settings.seed, 0])
+    n_val = int(round(settings.val_fraction * len(images)))
+    if settings.val_fraction > 0 and len(images) >= 2:
+        n_val = min(max(n_val, 1), len(images) - 1)
+    perm = rng.permutation(images)
+    n_concepts = len(cache.vocabulary)
+    n_seen = max(1, int(round(settings.seen_fraction * n_concepts)))
+    seen = np.sort(np.random.default_rng([settings.seed, 1]).permutation(n_concepts)[:n_seen])
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), seen
+
+
+def _evaluate(model: Explainer, reader: ItemReader, concepts: torch.Tensor, margin: float,
+              ks: tuple[int, ...], device: torch.device) -> dict[str, float]:
+    model.eval()
+    preds, targets = [], []
+    with torch.no_grad():
+        for x, t in reader.batches(4096, shuffle=False):
+            preds.append(model(x.to(device)))
+            targets.append(t.to(device))
+    if not preds:
+        return {}
+    pred, target = torch.cat(preds), torch.cat(targets)
+    out = {"val_loss": float(csmr_loss(pred, target, concepts, margin))}
+    out.update({f"val_top{k}": v for k, v in topk_accuracy(pred, target, concepts, ks).items()})
+    return out
+
+
+def _save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VislibError(f"explainer checkpoint {str(path)!r} does not exist; run train_explainer") from None
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise VislibError(f"explainer checkpoint {str(path)!r} cannot be read ({exc}); delete it and "
+                          "train again") from exc
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise VislibError(f"{str(path)!r} is not a LaViSE explainer checkpoint of this vislib; train again")
+    return state
+
+
+def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings | str | os.PathLike,
+                    out_ckpt: str | os.PathLike, epochs: int, batch_size: int = 256, lr: float = 1e-3,
+                    weight_decay: float = 0.0, margin: float = 1.0, dropout: float = 0.1,
+                    val_fraction: float = 0.1, seen_fraction: float = 1.0, seed: int = 0,
+                    topk: tuple[int, ...] = (1, 5, 10, 20), device: str | torch.device = "cpu",
+                    log_path: str | os.PathLike | None = None, memory_mb: float = 2048.0,
+                    resume: bool = True) -> pd.DataFrame:
+    """Train an explainer on a feature cache for `epochs` epochs; return the per-epoch loss log.
+
+    The checkpoint is rewritten after every epoch; with `resume`, an existing checkpoint of the same
+    settings continues the same curve (model, optimizer and RNG states are restored).
+    """
+    settings = TrainSettings(batch_size, lr, weight_decay, margin, dropout, val_fraction, seen_fraction, seed)
+    settings.validate()
+    if epochs < 1:
+        raise ConfigError(f"lavise epochs {epochs} must be at least 1")
+    cache = FeatureCache(feature_dir)
+    if isinstance(embeddings, str | os.PathLike):
+        embeddings = load_glove(embeddings, keep=cache.vocabulary)
+    device = torch.device(device)
+    train_images, val_images, seen = _split(cache, settings)
+    concepts = embeddings.vectors_of(cache.vocabulary)[torch.from_numpy(seen)].to(device)
+    ks = tuple(k for k in topk if k <= len(seen)) or (1,)
+    train_reader = ItemReader(cache, train_images, seen, memory_mb)
+    val_reader = ItemReader(cache, val_images, seen, memory_mb) if len(val_images) else None
+    generator = torch.Generator().manual_seed(seed)
+    header = {
+        "format": CHECKPOINT_FORMAT, "settings": asdict(settings), "model": cache.meta["model"],
+        "layer": cache.meta["layer"], "vocabulary": cache.vocabulary, "seen": seen.tolist(),
+        "in_features": cache.in_features, "embedding_dim": embeddings.dim,
+        "pool_size": list(cache.pool_size), "val_images": val_images.tolist(),
+    }
+    out_ckpt = Path(out_ckpt)
+    history: list[dict] = []
+    best = {"epoch": 0, "val_loss": float("inf"), "state_dict": None}
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = Explainer(cache.in_features, embeddings.dim, dropout).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        if resume and out_ckpt.exists():
+            state = _load_checkpoint(out_ckpt)
+            stored = {k: state.get(k) for k in header}
+            if stored != header:
+                changed = sorted(k for k in header if stored[k] != header[k] and k != "settings")
+                changed += sorted(k for k in header["settings"]
+                                  if (stored["settings"] or {}).get(k) != header["settings"][k])
+                raise ConfigError(f"checkpoint {str(out_ckpt)!r} was trained with other {changed}; delete it "
+                                  "to start over or use the settings it was trained with")
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["rng"]["shuffle"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if devices and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+            history = list(state["log"])
+            best = dict(state["best"])
+        for epoch in range(len(history) + 1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            total, count = 0.0, 0
+            for x, t in train_reader.batches(batch_size, generator):
+                if len(x) < 2:
+                    continue  # BatchNorm cannot normalise a single item
+                loss = csmr_loss(model(x.to(device)), t.to(device), concepts, margin)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(x)
+                count += len(x)
+            if count == 0:
+                raise VislibError(f"feature cache {str(feature_dir)!r} has no training items with a seen "
+                                  "concept; use more images or a larger seen_fraction")
+            entry = {"epoch": epoch, "train_loss": total / count, "train_items": count}
+            if val_reader is not None:
+                entry.update(_evaluate(model, val_reader, concepts, margin, ks, device))
+            entry["seconds"] = time.perf_counter() - start
+            history.append(entry)
+            score = entry.get("val_loss", entry["train_loss"])
+            if score <= best["val_loss"] or best["state_dict"] is None:
+                best = {"epoch": epoch, "val_loss": score,
+                        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            log.info("lavise epoch %d: %s", epoch, entry)
+            rng = {"shuffle": generator.get_state(), "torch": torch.get_rng_state(),
+                   "cuda": torch.cuda.get_rng_state(device) if devices else None}
+            _save(out_ckpt, {**header, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                             "optimizer": optimizer.state_dict(), "rng": rng, "log": history, "best": best})
+            if log_path is not None:
+                with atomic_path(log_path) as tmp:
+                    pd.DataFrame(history).to_csv(tmp, index=False)
+    return pd.DataFrame(history)
+
+
+@dataclass
+class ExplainerInfo:
+    """What a checkpoint says about the explainer it holds."""
+
+    model: str
+    layer: str
+    vocabulary: list[str]
+    seen: list[int]  # columns of `vocabulary` the explainer was trained on
+    in_features: int
+    embedding_dim: int
+    pool_size: tuple[int, int]
+    epoch: int
+    log: list[dict]
+
+    @property
+    def unseen_words(self) -> list[str]:
+        """Concepts held out of training (zero-shot)."""
+        seen = set(self.seen)
+        return [w for i, w in enumerate(self.vocabulary) if i not in seen]
+
+
+def load_explainer(path: str | os.PathLike, which: str = "best",
+                   device: str | torch.device = "cpu") -> tuple[Explainer, ExplainerInfo]:
+    """The explainer of a checkpoint ('best' validation epoch or 'last'), in eval mode."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"explainer checkpoint choice {which!r} is not valid; use 'best' or 'last'")
+    state = _load_checkpoint(path)
+    model = Explainer(state["in_features"], state["embedding_dim"], state["settings"]["dropout"])
+    chosen = state["best"] if which == "best" else {"state_dict": state["state_dict"], "epoch": len(state["log"])}
+    model.load_state_dict(chosen["state_dict"])
+    info = ExplainerInfo(state["model"], state["layer"], list(state["vocabulary"]), list(state["seen"]),
+                         state["in_features"], state["embedding_dim"], tuple(state["pool_size"]),
+                         int(chosen["epoch"]), list(state["log"]))
+    return model.eval().to(device), info

@@ -1,0 +1,282 @@
+"""The gradient family: attributions at input resolution from gradients of the target score."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vislib.errors import ConfigError
+from vislib.methods.base import METHODS, Attribution, AttributionMethod, register
+from vislib.methods.cam import GradCAM, layer_activation_and_grad, layer_or_default
+from vislib.methods.hooks import frozen_model
+from vislib.methods.postprocess import to_image_maps
+from vislib.models.registry import preprocessing_of
+
+
+def input_gradient(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d score_target / d input [N,3,H,W] for a batch, in one forward/backward."""
+    with frozen_model(model), torch.enable_grad():
+        x = images.detach().requires_grad_(True)
+        logits = model(x)
+        # Images are independent in eval mode, so the gradient of the summed scores is per-image.
+        score = logits.gather(1, targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, x)
+    return grad
+
+
+class _GuidedClamp(torch.autograd.Function):
+    """ReLU (or ReLU6) whose backward passes only positive gradients where the input is in the open range."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.upper = upper
+        return x.clamp_min(0) if upper is None else x.clamp(0, upper)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        keep = x > 0
+        if ctx.upper is not None:
+            keep &= x < ctx.upper
+        return grad_output.clamp_min(0) * keep, None
+
+
+@contextlib.contextmanager
+def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
+    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) backpropagates guided.
+
+    nn.ReLU modules call torch.nn.functional.relu, and some networks call it directly (torchvision's
+    googlenet and densenet), so patching that one function covers both, including a module reused
+    several times (torchvision's resnet blocks). The patch is process-wide while the block runs.
+    """
+    original = F.relu
+
+    def guided_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return _GuidedClamp.apply(input, None)
+
+    def guided_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
+        return _GuidedClamp.apply(inputs[0], float(module.max_val))
+
+    handles = [m.register_forward_hook(guided_relu6) for m in model.modules()
+               if relu6 and isinstance(m, nn.ReLU6)]
+    F.relu = guided_relu
+    try:
+        yield
+    finally:
+        F.relu = original
+        for handle in handles:
+            handle.remove()
+
+
+def _max_abs_over_channels(attribution: torch.Tensor) -> torch.Tensor:
+    return attribution.abs().amax(dim=1)
+
+
+def _sum_over_channels(attribution: torch.Tensor) -> torch.Tensor:
+    return attribution.sum(dim=1)
+
+
+class GradientMethod(AttributionMethod):
+    """A method whose per-pixel attribution [N,3,H,W] is reduced over channels to the map."""
+
+    uses_layer = False
+    channel_reduction: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(_max_abs_over_channels)
+
+    @abstractmethod
+    def attribute(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                  layer: str | None = None) -> torch.Tensor:
+        """Per-pixel attribution [N,3,H,W] of validated `targets` [N] for a preprocessed batch."""
+
+    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
+        """The map [N,H,W] of a per-pixel attribution [N,3,H,W]."""
+        return type(self).channel_reduction(attribution)
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        return Attribution(self.reduce(self.attribute(model, images, targets, layer)).float(), targets, targets)
+
+
+@register
+class VanillaGradient(GradientMethod):
+    """Saliency (Simonyan et al. 2014): |d score / d input|, the map its maximum over channels."""
+
+    name = "vanilla_gradient"
+
+    def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
+        """Absolute input gradient [N,3,H,W]."""
+        return input_gradient(model, images, targets).abs()
+
+
+@register
+class GuidedBackprop(GradientMethod):
+    """Guided backpropagation (Springenberg et al. 2015): input gradient through guided ReLUs."""
+
+    name = "guided_backprop"
+    defaults = {"relu6": True}
+
+    def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
+        """Guided input gradient [N,3,H,W] (signed)."""
+        with guided_relus(model, self.params["relu6"]):
+            return input_gradient(model, images, targets)
+
+
+@register
+class GuidedGradCAM(GradientMethod):
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM map."""
+
+    name = "guided_gradcam"
+    uses_layer = True
+    defaults = {"relu6": True}
+
+    def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
+        """Guided gradient [N,3,H,W] scaled by Grad-CAM of `layer`, normalised and upsampled."""
+        layer = layer_or_default(model, layer, self.name)
+        cam = GradCAM.combine(*layer_activation_and_grad(model, layer, images, targets, self.name)[:2])
+        guided = GuidedBackprop(relu6=self.params["relu6"]).attribute(model, images, targets)
+        return guided * to_image_maps(cam, tuple(images.shape[-2:]))[:, None].to(guided.dtype)
+
+
+@register
+class GradientXInput(GradientMethod):
+    """Gradient x input (Shrikumar et al. 2016): input times its gradient, summed over channels."""
+
+    name = "gradient_x_input"
+    channel_reduction = staticmethod(_sum_over_channels)
+
+    def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
+        """Input times input gradient [N,3,H,W] (signed, in the model's input space)."""
+        return images * input_gradient(model, images, targets)
+
+
+QUADRATURE_RULES = ("riemann_middle", "riemann_left", "riemann_right", "riemann_trapezoid", "gausslegendre")
+BASELINES = ("zero", "black")
+
+
+def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points alpha in [0,1] and weights (summing to 1) of a `steps`-point rule for the path integral."""
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * weights)
+    weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    if rule == "riemann_trapezoid":
+        weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+        weights[[0, -1]] /= 2
+        return torch.linspace(0, 1, steps, dtype=torch.float64), weights
+    offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[rule]
+    return (torch.arange(steps, dtype=torch.float64) + offset) / steps, weights
+
+
+@register
+class IntegratedGradients(GradientMethod):
+    """Integrated gradients (Sundararajan et al. 2017): (x - x') times the path-averaged gradient."""
+
+    name = "integrated_gradients"
+    channel_reduction = staticmethod(_sum_over_channels)
+    # The midpoint rule is the default: a ReLU network's gradient jumps along the path, and
+    # Gauss-Legendre's end-clustered nodes then miss the middle (6% completeness gap vs 0.4%
+    # at 64 steps on a random resnet18 with a black baseline).
+    defaults = {"steps": 32, "baseline": "zero", "rule": "riemann_middle", "batch_size": 64}
+
+    def validate(self) -> None:
+        """Steps and batch size must be positive; baseline and rule must be known names."""
+        p = self.params
+        if p["steps"] < 2 or p["batch_size"] < 1:
+            raise ConfigError(f"method 'integrated_gradients' needs steps >= 2 and batch_size >= 1, "
+                              f"got steps={p['steps']}, batch_size={p['batch_size']}")
+        if p["baseline"] not in BASELINES:
+            raise ConfigError(f"method 'integrated_gradients' parameter 'baseline' must be one of {BASELINES}, "
+                              f"got {p['baseline']!r}")
+        if p["rule"] not in QUADRATURE_RULES:
+            raise ConfigError(f"method 'integrated_gradients' parameter 'rule' must be one of "
+                              f"{QUADRATURE_RULES}, got {p['rule']!r}")
+
+    def baseline(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The baseline x' [N,3,H,W]: zeros in input space ('zero') or black pixels ('black')."""
+        if self.params["baseline"] == "black":
+            return preprocessing_of(model).normalize(torch.zeros_like(images))
+        return torch.zeros_like(images)
+
+    def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
+        """Signed attribution [N,3,H,W] whose sum approximates f(x) - f(x') per image."""
+        baseline = self.baseline(model, images)
+        alphas, weights = (t.to(images.device, images.dtype) for t in quadrature(self.params["rule"],
+                                                                                 self.params["steps"]))
+        n = images.shape[0]
+        delta = images - baseline
+        per_pass = max(1, self.params["batch_size"] // max(n, 1))
+        path_grad = torch.zeros_like(images)
+        # All images advance along their paths together: one pass takes several steps of every image.
+        for start in range(0, len(alphas), per_pass):
+            a = alphas[start:start + per_pass, None, None, None, None]
+            points = (baseline + a * delta).flatten(0, 1)
+            grad = input_gradient(model, points, targets.repeat(len(a))).view(len(a), *images.shape)
+            path_grad += (weights[start:start + per_pass, None, None, None, None] * grad).sum(0)
+        return delta * path_grad
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        attribution = self.attribute(model, images, targets)
+        with torch.no_grad():
+            scores = model(torch.cat([images, self.baseline(model, images)])).gather(
+                1, targets.repeat(2)[:, None])[:, 0]
+        gap = attribution.sum(dim=(1, 2, 3)) - (scores[:len(images)] - scores[len(images):])
+        return Attribution(self.reduce(attribution).float(), targets, targets,
+                           extras={"completeness_gap": gap.float()})
+
+
+SMOOTHABLE = ("vanilla_gradient", "guided_backprop", "gradient_x_input", "integrated_gradients")
+
+
+@register
+class SmoothGrad(GradientMethod):
+    """SmoothGrad (Smilkov et al. 2017): a gradient method's attribution averaged over noisy copies."""
+
+    name = "smoothgrad"
+    defaults = {"base": "vanilla_gradient", "samples": 16, "noise_level": 0.15, "seed": 0, "batch_size": 64}
+
+    def validate(self) -> None:
+        """The base must be a gradient method; counts positive; noise level non-negative."""
+        p = self.params
+        if p["base"] not in SMOOTHABLE:
+            raise ConfigError(f"method 'smoothgrad' parameter 'base' must be one of {SMOOTHABLE}, got {p['base']!r}")
+        if p["samples"] < 1 or p["batch_size"] < 1 or p["noise_level"] < 0:
+            raise ConfigError(f"method 'smoothgrad' needs samples >= 1, batch_size >= 1 and noise_level >= 0, "
+                              f"got samples={p['samples']}, batch_size={p['batch_size']}, "
+                              f"noise_level={p['noise_level']}")
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.base: GradientMethod = METHODS[self.params["base"]]()
+
+    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
+        """The base method's reduction over channels."""
+        return self.base.reduce(attribution)
+
+    def noise(self, images: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise [samples,3,H,W] from `seed`, shared by every image of any batch.
+
+        Sharing one draw makes an image's map independent of which images share its batch.
+        """
+        generator = torch.Generator(device=images.device).manual_seed(self.params["seed"])
+        return torch.randn((self.params["samples"], *images.shape[1:]), generator=generator,
+                           device=images.device, dtype=images.dtype)
+
+    def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
+        """Mean base attribution [N,3,H,W] over inputs with noise of std noise_level * (max - min) per image."""
+        n = images.shape[0]
+        std = self.params["noise_level"] * (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3)))
+        noise = self.noise(images)
+        per_pass = max(1, self.params["batch_size"] // max(n, 1))
+        total = torch.zeros_like(images)
+        for start in range(0, len(noise), per_pass):
+            chunk = noise[start:start + per_pass]
+            noisy = (images[:, None] + std[:, None, None, None, None] * chunk[None]).flatten(0, 1)
+            attribution = self.base.attribute(model, noisy, targets.repeat_interleave(len(chunk)), layer)
+            total += attribution.view(n, len(chunk), *images.shape[1:]).sum(1)
+        return total / len(noise)

@@ -1,0 +1,175 @@
+"""Faithfulness by perturbation: deletion/insertion AUC (Petsiuk et al. 2018), average drop and
+increase in confidence (Chattopadhay et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+
+from vislib.errors import ConfigError
+from vislib.metrics.base import Metric, MetricInput, MetricResult, register
+
+BASELINES = ("zero", "blur", "mean")
+NO_MODEL = "needs the model"
+
+
+def baseline_images(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """What removed pixels become: zeros of the model input, a blurred copy, or the per-image channel mean."""
+    if kind == "zero":
+        return torch.zeros_like(images)
+    if kind == "mean":
+        return images.mean((2, 3), keepdim=True).expand_as(images).contiguous()
+    # RISE blurs with sigma 5 px at 224 px; scaled so the blur removes the same share of detail at any size.
+    sigma = 5.0 * images.shape[-1] / 224
+    kernel = 2 * math.ceil(2 * sigma) + 1
+    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+
+
+def _probability_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax probability of each row's target; NaN for a target the model has no output for."""
+    valid = (targets >= 0) & (targets < logits.shape[1])
+    probs = logits.softmax(1).gather(1, targets.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
+    return torch.where(valid, probs, torch.full_like(probs, float("nan")))
+
+
+def target_probability(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                       max_batch: int) -> torch.Tensor:
+    """Softmax probability of each image's target class, in forwards of at most `max_batch` images."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), max_batch):
+            logits = model(images[start:start + max_batch])
+            out.append(_probability_of(logits, targets[start:start + max_batch]))
+    return torch.cat(out)
+
+
+def _target_reasons(values: np.ndarray) -> list[str]:
+    return ["target class is not an output of the model" if np.isnan(v) else "" for v in values]
+
+
+class _Curve(Metric):
+    """Probability of the target class while pixels are moved between image and baseline in map order."""
+
+    insert: bool = False
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        if not 0.0 < float(self.params["step"]) <= 1.0:
+            raise ConfigError(f"metric {self.name!r}: step (fraction of pixels per step) must lie in (0, 1], "
+                              f"got {self.params['step']}")
+        if self.params["baseline"] not in BASELINES:
+            raise ConfigError(f"metric {self.name!r}: baseline {self.params['baseline']!r} is not one of "
+                              f"{BASELINES}")
+        if int(self.params["max_batch"]) < 1:
+            raise ConfigError(f"metric {self.name!r}: max_batch must be >= 1, got {self.params['max_batch']}")
+
+    def settings(self, image_size: int) -> dict:
+        return {"perturbation_step": float(self.params["step"]), "perturbation_baseline": self.params["baseline"]}
+
+    def fractions(self) -> np.ndarray:
+        """Share of pixels moved at each point of the curve, 0 to 1."""
+        steps = math.ceil(1.0 / float(self.params["step"]))
+        return np.minimum(np.arange(steps + 1) * float(self.params["step"]), 1.0)
+
+    def curves(self, batch: MetricInput) -> torch.Tensor:
+        """Target probability [N,K+1] at each fraction, every perturbed copy in chunks of `max_batch`."""
+        images, maps = batch.images, torch.nan_to_num(batch.maps.float(), nan=0.0)
+        n, _, height, width = images.shape
+        fractions = torch.as_tensor(self.fractions(), device=images.device)
+        counts = torch.round(fractions * height * width).long()
+        # Rank 0 is the most important pixel; moving the k most important pixels is `rank < k`.
+        order = maps.reshape(n, -1).argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(height * width, device=images.device).expand(n, -1))
+        rank = rank.reshape(n, 1, height, width)
+        baseline = baseline_images(images, self.params["baseline"])
+        start_from, move_to = (baseline, images) if self.insert else (images, baseline)
+        pairs = torch.cartesian_prod(torch.arange(n, device=images.device),
+                                     torch.arange(len(counts), device=images.device))
+        probs = []
+        max_batch = int(self.params["max_batch"])
+        with torch.no_grad():
+            for start in range(0, len(pairs), max_batch):
+                image_index, step_index = pairs[start:start + max_batch].unbind(1)
+                moved = rank[image_index] < counts[step_index].view(-1, 1, 1, 1)
+                perturbed = torch.where(moved, move_to[image_index], start_from[image_index])
+                logits = batch.model(perturbed)
+                probs.append(_probability_of(logits, batch.targets[image_index]))
+        return torch.cat(probs).reshape(n, len(counts))
+
+    def compute(self, batch: MetricInput) -> MetricResult:
+        n = len(batch.samples)
+        if batch.model is None:
+            return MetricResult(np.full(n, np.nan), [NO_MODEL] * n)
+        curve = self.curves(batch).double().cpu().numpy()
+        values = np.trapezoid(curve, self.fractions(), axis=1)
+        return MetricResult(values, _target_reasons(values))
+
+
+@register
+class DeletionAUC(_Curve):
+    """Area under the target probability as the most salient pixels are removed first (lower is better)."""
+
+    name = "deletion_auc"
+    defaults = {"step": 0.05, "baseline": "zero", "max_batch": 256}
+
+
+@register
+class InsertionAUC(_Curve):
+    """Area under the target probability as the most salient pixels are inserted first (higher is better)."""
+
+    name = "insertion_auc"
+    defaults = {"step": 0.05, "baseline": "blur", "max_batch": 256}
+    insert = True
+
+
+class _Confidence(Metric):
+    """Target probability on the image and on the image multiplied by its map (in pixel space)."""
+
+    defaults = {"max_batch": 256}
+
+    def probabilities(self, batch: MetricInput) -> tuple[np.ndarray, np.ndarray]:
+        """(original, explanation-only) target probabilities."""
+        model, images = batch.model, batch.images
+        maps = torch.nan_to_num(batch.maps.float(), nan=0.0)[:, None]
+        preprocessing = getattr(model, "vislib_preprocessing", None)
+        if preprocessing is None:
+            masked = images * maps
+        else:
+            masked = preprocessing.normalize(preprocessing.denormalize(images) * maps)
+        both = target_probability(model, torch.cat([images, masked]), torch.cat([batch.targets] * 2),
+                                  int(self.params["max_batch"])).double().cpu().numpy()
+        return both[:len(images)], both[len(images):]
+
+
+@register
+class AverageDrop(_Confidence):
+    """Relative drop of the target probability when only the explanation is shown: max(0, Y - O) / Y."""
+
+    name = "average_drop"
+
+    def compute(self, batch: MetricInput) -> MetricResult:
+        n = len(batch.samples)
+        if batch.model is None:
+            return MetricResult(np.full(n, np.nan), [NO_MODEL] * n)
+        original, explained = self.probabilities(batch)
+        values = np.maximum(0.0, original - explained) / np.maximum(original, 1e-12)
+        return MetricResult(values, _target_reasons(values))
+
+
+@register
+class IncreaseInConfidence(_Confidence):
+    """1 where the target probability rises when only the explanation is shown, else 0."""
+
+    name = "increase_in_confidence"
+
+    def compute(self, batch: MetricInput) -> MetricResult:
+        n = len(batch.samples)
+        if batch.model is None:
+            return MetricResult(np.full(n, np.nan), [NO_MODEL] * n)
+        original, explained = self.probabilities(batch)
+        values = np.where(np.isnan(original), np.nan, (explained > original).astype(float))
+        return MetricResult(values, _target_reasons(values))

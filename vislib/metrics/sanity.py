@@ -1,0 +1,113 @@
+"""Model-randomization sanity check (Adebayo et al. 2018): cascading randomization from the top layer."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+from torch import nn
+
+from vislib import methods
+from vislib.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CascadeStep:
+    """One point of the cascade: how many weight layers, counted from the output, are randomized."""
+
+    index: int
+    n_randomized: int
+    last_module: str  # the deepest-from-the-output layer randomized so far ("" for the original model)
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """Names of the modules with a learned weight matrix or kernel, from the output back to the input."""
+    names = [name for name, module in model.named_modules()
+             if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.ndim >= 2
+             and hasattr(module, "reset_parameters")]
+    return names[::-1]
+
+
+def cascade_steps(n_layers: int, n_steps: int) -> list[int]:
+    """How many layers are randomized at each step: 0, then `n_steps` counts spread evenly up to all."""
+    if n_steps < 1:
+        raise ConfigError(f"sanity check: steps must be >= 1, got {n_steps}")
+    counts = np.unique(np.round(np.linspace(1, n_layers, min(n_steps, n_layers))).astype(int))
+    return [0, *counts.tolist()]
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each row pair of [N,D] arrays (ties get average ranks; NaN if constant)."""
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    denom = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(1) / denom, np.nan)
+
+
+def randomization_curve(model: nn.Module, layer: str, method_name: str, method_params: dict,
+                        images: torch.Tensor, targets: torch.Tensor, image_ids: list[int],
+                        n_steps: int = 6, seed: int = 0) -> pd.DataFrame:
+    """Maps of the original model vs cascaded randomized copies: one row per (step, image, statistic).
+
+    The statistics are the Spearman correlation of the maps (`spearman`) and of their absolute values
+    (`spearman_abs`); the targets stay fixed so every step explains the same class.
+    """
+    method = methods.get(method_name, **method_params)
+    original = method.explain(model, layer, images, targets).maps.detach().double().cpu().numpy()
+    original = original.reshape(len(images), -1)
+    randomized = copy.deepcopy(model)
+    modules = dict(randomized.named_modules())
+    order = weight_layers(randomized)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    rows = []
+    done = 0
+    try:
+        for index, count in enumerate(cascade_steps(len(order), n_steps)):
+            for name in order[done:count]:
+                modules[name].reset_parameters()
+            done = count
+            maps = method.explain(randomized, layer, images, targets).maps.detach().double().cpu().numpy()
+            maps = maps.reshape(len(images), -1)
+            step = CascadeStep(index, count, order[count - 1] if count else "")
+            for statistic, values in (("spearman", spearman_rows(original, maps)),
+                                      ("spearman_abs", spearman_rows(np.abs(original), np.abs(maps)))):
+                rows += [{"step": step.index, "n_randomized": step.n_randomized, "randomized_to": step.last_module,
+                          "image_id": int(i), "statistic": statistic, "value": float(v)}
+                         for i, v in zip(image_ids, values, strict=True)]
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return pd.DataFrame(rows)
+
+
+def sanity_job(image_list: str, n_images: int, method: tuple[str, dict], model: dict, layer: str,
+               dataset: dict, target: str, n_steps: int, device: str, labels: dict[str, str], out: str) -> None:
+    """Run the randomization check of one method on the first `n_images` listed images; write its rows."""
+    import pyarrow as pa
+
+    from vislib.data import open_dataset
+    from vislib.io import provenance, write_parquet
+    from vislib.jobs import load_model, read_image_list
+    from vislib.pipeline import resolve_device
+
+    torch.manual_seed(0)
+    net = load_model(model, device)
+    ds = open_dataset(dataset["kind"], "sanity", dataset["root"], dataset["split"])
+    batch = ds.load_batch(read_image_list(image_list)[:n_images], net.vislib_preprocessing)
+    images = batch.images.to(next(net.parameters()).device)
+    if target == "label":
+        targets = batch.labels.to(images.device)
+    else:
+        with torch.no_grad():
+            targets = net(images).argmax(1)
+    frame = randomization_curve(net, layer, method[0], method[1], images, targets, batch.image_ids, n_steps)
+    frame = frame.assign(**labels)
+    write_parquet(out, pa.Table.from_pandas(frame, preserve_index=False),
+                  provenance({"method": method, "model": model, "layer": layer, "n_images": n_images,
+                              "steps": n_steps, "target": target}, str(resolve_device(device))))
