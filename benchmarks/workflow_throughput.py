@@ -11,6 +11,7 @@ Run: python benchmarks/workflow_throughput.py [--images 200] [--shard-size 40] [
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -105,7 +106,8 @@ def main() -> None:
     lines = [
         "# Workflow throughput vs calling vislib directly", "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"`--cores {args.cores}`, CPU, torch {torch.__version__}. Model demonet (random weights, 64 px), "
+        f"`--cores {args.cores}`, CPU, torch {torch.__version__}, 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f} (other processes slow both sides). Model demonet (random weights, 64 px), "
         f"layer {LAYER}, methods {', '.join(METHODS)}, metrics {', '.join(METRICS)}.", "",
         "| images x methods | shard size | workflow jobs | workflow s | direct s | workflow img/s | direct img/s | ratio |",
         "|---|---|---|---|---|---|---|---|",

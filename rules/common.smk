@@ -164,3 +164,17 @@ for _experiment in config["experiments"]:
         if sanity_method(_label)[0] not in METHODS.names():
             raise WorkflowError(f"experiments.{_experiment}.sanity.methods: unknown method {_label!r}; "
                                 f"known: {sorted(set(config['methods']) | set(METHODS.names()))}")
+
+
+# Pretrained torchvision weights: the `weights` target fetches them into the cache (see rules/data.smk).
+import os
+
+from vislib.models.torchvision_models import cached_weights, weights_cache_dir, weights_url
+
+WEIGHTS_CACHE = str(weights_cache_dir())
+
+
+def pretrained_weights():
+    """{file name: url} of the configured torchvision weights that no local cache holds yet."""
+    urls = [weights_url(s["arch"], s.get("weights")) for s in config["models"].values() if "train" not in s]
+    return {os.path.basename(u): u for u in urls if u and cached_weights(u) is None}

@@ -43,19 +43,6 @@ checkpoint image_list:
 
 # Pretrained torchvision weights: `snakemake weights` fetches every configured one into the cache
 # (hash-checked against the sha256 prefix in the file name); jobs then load them offline.
-import os
-
-from vislib.models.torchvision_models import cached_weights, weights_cache_dir, weights_url
-
-WEIGHTS_CACHE = str(weights_cache_dir())
-
-
-def pretrained_weights():
-    """{file name: url} of the configured torchvision weights that no local cache holds yet."""
-    urls = [weights_url(s["arch"], s.get("weights")) for s in config["models"].values() if "train" not in s]
-    return {os.path.basename(u): u for u in urls if u and cached_weights(u) is None}
-
-
 rule weights:
     input:
         [f"{WEIGHTS_CACHE}/{name}" for name in pretrained_weights()],

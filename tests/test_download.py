@@ -146,3 +146,22 @@ def test_extraction_resumes(tmp_path: Path) -> None:
     (out / "d" / "2.txt").write_bytes(b"t")  # cut short by an earlier interrupted run
     extract(archive, out)
     assert (out / "d" / "2.txt").read_bytes() == b"two"
+
+
+def test_models_load_from_vislib_weights_cache(monkeypatch, tmp_path: Path) -> None:
+    import torch
+    import torchvision
+
+    from vislib import models
+
+    monkeypatch.setenv("VISLIB_WEIGHTS", str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    cached = tmp_path / "hub" / "checkpoints" / Path(url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    hub_before = torch.hub.get_dir()
+    net = models.load("resnet18", "IMAGENET1K_V1")
+    assert torch.equal(net.fc.weight, reference.fc.weight)
+    assert torch.hub.get_dir() == hub_before

@@ -63,9 +63,10 @@ def test_gradient_x_input_matches_captum(case):
 
 
 def test_integrated_gradients_matches_captum(case):
-    _, net, x, targets = case
+    name, net, x, targets = case
     baseline = models.preprocessing_of(net).normalize(torch.zeros_like(x))
-    for rule in ("riemann_middle", "gausslegendre"):
+    # Both rules captum shares with vislib; one on the large net, whose passes dominate test time.
+    for rule in ("riemann_middle",) if name == "efficientnet_lite0" else ("riemann_middle", "gausslegendre"):
         method = methods.get("integrated_gradients", steps=4, baseline="black", rule=rule)
         theirs = ca.IntegratedGradients(net).attribute(x, baselines=baseline, target=targets, n_steps=4,
                                                        method=rule, internal_batch_size=8)

@@ -27,7 +27,7 @@ def test_presets_dry_run(tmp_path: Path) -> None:
         return proc.stdout + proc.stderr
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outputs = dict(zip(PRESETS, pool.map(dry_run, PRESETS)))
+        outputs = dict(zip(PRESETS, pool.map(dry_run, PRESETS), strict=True))
     for preset, out in outputs.items():
         assert "prepare_dataset" in out and "aggregate" in out, f"{preset.name}: {out[-2000:]}"
     l2caf = outputs[REPO / "config" / "presets" / "l2caf_imagenet.yaml"]

@@ -86,6 +86,8 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
             pq.read_table(path)
     mtimes = {p: p.stat().st_mtime_ns for p in finished}
 
+    # SIGKILL leaves Snakemake's directory lock behind; --unlock is the documented first step of a resume.
+    snakemake(workdir, config, "--unlock")
     snakemake(workdir, config)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items()), "finished shards were redone"
     assert len(_metric_shards(workdir)) == 4

@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vislib.data.cocoformat import CocoWriter
 from vislib.data.coco import link_split
+from vislib.data.cocoformat import CocoWriter
 from vislib.data.download import fetch
 from vislib.errors import DataError
 
@@ -80,7 +80,7 @@ def convert_vg(root: str | os.PathLike, objects_json: str | os.PathLike, image_d
         raise DataError(f"no Visual Genome category has {min_instances} or more objects; lower params.min_instances")
     keep = set(categories)
     image_ids = sorted(e.get("image_id", e.get("id")) for e in entries)
-    in_val = dict(zip(image_ids, np.random.default_rng(seed).random(len(image_ids)) < val_fraction))
+    in_val = dict(zip(image_ids, np.random.default_rng(seed).random(len(image_ids)) < val_fraction, strict=True))
     writers = {s: CocoWriter(root, s, categories) for s in ("train", "val")}
     for entry in entries:
         image_id = entry.get("image_id", entry.get("id"))

@@ -22,7 +22,7 @@ from torch import nn
 
 from vislib.errors import ConfigError, DataError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, check_units, register
-from vislib.featvis.engine import gaussian_blur, resize, run, tap_layers
+from vislib.featvis.engine import condition_gradient, gaussian_blur, resize, run, tap_layers
 from vislib.losses import general_robust_loss
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
@@ -30,7 +30,7 @@ from vislib.models.registry import preprocessing_of, resolve_layer
 # One octave of the original's defaults; mask sigmas are fractions of the image side (420/512, 340/512).
 OCTAVE_DEFAULTS: dict[str, float | int] = {
     "iterations": 200, "scale": 1.2,
-    "start_lr": 0.5, "end_lr": 0.08,
+    "start_lr": 0.01, "end_lr": 0.002,
     "start_mask_sigma": 0.82, "end_mask_sigma": 0.66,
     "start_sigma": 0.9, "end_sigma": 0.2,
     "start_denoise_weight": 2.0, "end_denoise_weight": 8.0,
@@ -122,7 +122,8 @@ class ClassAgnostic(FeatVisMethod):
     defaults = {
         "num_clusters": 4, "top_channels": 50, "images_per_cluster": 10, "penalty_layer": "",
         "image_size": 0, "tsne": False, "seed": 0, "blur_every": 10, "momentum": 0.9,
-        "robust_alpha": 1.0, "robust_scale": 1.0, "octaves": [dict(OCTAVE_DEFAULTS)],
+        "robust_alpha": 1.0, "robust_scale": 1.0, "decorrelate": True, "grad_pyramid": 4,
+        "octaves": [dict(OCTAVE_DEFAULTS)],
     }
 
     def validate(self) -> None:
@@ -167,9 +168,9 @@ class ClassAgnostic(FeatVisMethod):
         clusters = self._cluster(pooled)
         chosen = check_units(units, k, "cluster", self.name) if units is not None else torch.arange(k)
         members, weights = clusters["members"][chosen], clusters["weights"][chosen]
-        w = weights.to(device)
-        target = (w[:, :, None] * pooled[members.to(device)]).sum(1)
-        start = (w[:, :, None, None, None] * images[members.to(device)]).sum(1).clamp(0, 1)
+        w, index = weights.to(device), members.clamp_min(0).to(device)  # padded slots have weight 0
+        target = (w[:, :, None] * pooled[index]).sum(1)
+        start = (w[:, :, None, None, None] * images[index]).sum(1).clamp(0, 1)
         channels = target.topk(self.params["top_channels"], dim=1).indices
         result, curve, scores = self._synthesise(model, layer, penalty, start, target, channels)
         labels = [f"{layer} cluster {c}" for c in chosen.tolist()]
@@ -212,12 +213,19 @@ class ClassAgnostic(FeatVisMethod):
             space = TSNE(n_components=2, perplexity=min(30.0, count - 1.0), random_state=seed).fit_transform(space)
         kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(space)
         distances = torch.from_numpy(kmeans.transform(space)).T  # [K,M]
+        labels = torch.from_numpy(kmeans.labels_).long()
+        # Each cluster is described by its own members closest to its centre, weighted softmax(1/d);
+        # slots beyond a small cluster's size hold -1 with weight 0.
+        own = labels[None, :] == torch.arange(k)[:, None]
         m = min(self.params["images_per_cluster"], count)
-        closest = distances.topk(m, dim=1, largest=False)
-        weights = torch.softmax(1.0 / closest.values.clamp_min(1e-6), dim=1).float()
+        closest = distances.masked_fill(~own, math.inf).topk(m, dim=1, largest=False)
+        valid = torch.isfinite(closest.values)
+        logits = torch.where(valid, 1.0 / closest.values.clamp_min(1e-6), -math.inf)
+        weights = torch.softmax(logits, dim=1).float()
+        members = torch.where(valid, closest.indices, -1)
         embedding = np.zeros((count, 2))
         embedding[:, : min(2, space.shape[1])] = space[:, :2]
-        return {"members": closest.indices, "weights": weights, "labels": torch.from_numpy(kmeans.labels_).long(),
+        return {"members": members, "weights": weights, "labels": labels,
                 "embedding": torch.from_numpy(embedding).float()}
 
     def _synthesise(self, model: nn.Module, layer: str, penalty: str, start: torch.Tensor, target: torch.Tensor,
@@ -272,6 +280,8 @@ class ClassAgnostic(FeatVisMethod):
                         loss, _ = losses(pixels, taps, octave.at("lambda", i))
                         optimizer.zero_grad(set_to_none=True)
                         loss.sum().backward()
+                    pixels.grad = condition_gradient(pixels.grad, self.params["decorrelate"],
+                                                     self.params["grad_pyramid"])
                     pixels.grad.mul_(mask)  # only the centre of the window moves
                     optimizer.step()
                     with torch.no_grad():

@@ -91,6 +91,11 @@ def total_variation(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     return tv.flatten(1).mean(1)
 
 
+def _rms(images: torch.Tensor) -> torch.Tensor:
+    """Root mean square of each item of a batch, shaped [N,1,1,1] for broadcasting."""
+    return images.pow(2).flatten(1).mean(1).sqrt()[:, None, None, None]
+
+
 def laplacian_normalize(grad: torch.Tensor, levels: int) -> torch.Tensor:
     """Give each level of a [N,C,H,W] gradient's Laplacian pyramid unit RMS per image, then recombine.
 
@@ -107,11 +112,22 @@ def laplacian_normalize(grad: torch.Tensor, levels: int) -> torch.Tensor:
         bands.append(current - resize(low, (h, w)))
         current = low
     bands.append(current)
+    # A band far weaker than the whole gradient is mostly rounding noise: amplify it at most 100x.
+    floor = (1e-2 * _rms(grad)).clamp_min(1e-20)
     result = None
     for band in reversed(bands):
-        band = band / band.pow(2).flatten(1).mean(1).sqrt().clamp_min(1e-12)[:, None, None, None]
+        band = band / torch.maximum(_rms(band), floor)
         result = band if result is None else resize(result, tuple(band.shape[-2:])) + band
     return result
+
+
+def condition_gradient(grad: torch.Tensor, decorrelate: bool, pyramid: int) -> torch.Tensor:
+    """Precondition a pixel gradient [N,3,H,W]: colour decorrelation and/or Laplacian-pyramid normalisation."""
+    if decorrelate:
+        grad = torch.einsum("ij,njhw->nihw", _COLOUR_PRECONDITIONER.to(grad), grad)
+    if pyramid:
+        grad = laplacian_normalize(grad, pyramid)
+    return grad
 
 
 def octave_sizes(size: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
@@ -273,10 +289,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
                 optimizer.zero_grad(set_to_none=True)
                 # Images are independent, so the gradient of the sum is each image's own gradient.
                 per_image.sum().backward()
-            if settings.decorrelate:
-                pixels.grad = torch.einsum("ij,njhw->nihw", _COLOUR_PRECONDITIONER.to(pixels.grad), pixels.grad)
-            if settings.grad_pyramid:
-                pixels.grad = laplacian_normalize(pixels.grad, settings.grad_pyramid)
+            pixels.grad = condition_gradient(pixels.grad, settings.decorrelate, settings.grad_pyramid)
             if settings.optimizer == "normalized":
                 pixels.grad /= pixels.grad.abs().flatten(1).mean(1).clamp_min(1e-12)[:, None, None, None]
             optimizer.step()

@@ -167,7 +167,7 @@ class CAM(AttributionMethod):
 
 @register
 class ScoreCAM(AttributionMethod):
-    """Score-CAM (Wang et al. 2020): channels weighted by the softmax of the target score of masked inputs."""
+    """Score-CAM (Wang et al. 2020): channels weighted by the softmax of masked inputs' target scores."""
 
     name = "scorecam"
     defaults = {"batch_size": 32, "top_channels": 0}
@@ -175,7 +175,9 @@ class ScoreCAM(AttributionMethod):
     def validate(self) -> None:
         """Batch size must be positive and the channel count non-negative."""
         if self.params["batch_size"] < 1:
-            raise ConfigError(f"method 'scorecam' parameter 'batch_size' must be >= 1, got {self.params['batch_size']}")
+            raise ConfigError(
+                f"method 'scorecam' parameter 'batch_size' must be >= 1, got {self.params['batch_size']}"
+            )
         if self.params["top_channels"] < 0:
             raise ConfigError(
                 f"method 'scorecam' parameter 'top_channels' must be >= 0 (0 scores every channel), "
@@ -199,7 +201,7 @@ class ScoreCAM(AttributionMethod):
         return Attribution(maps.float(), targets, targets)
 
     def _channels(self, activation: torch.Tensor) -> torch.Tensor:
-        """Indices [N,k] of the channels to score: all, or the `top_channels` with the largest mean activation."""
+        """Indices [N,k] of the channels to score: all, or the `top_channels` most activated on average."""
         n, c = activation.shape[:2]
         k = self.params["top_channels"]
         if k == 0 or k >= c:
@@ -208,7 +210,7 @@ class ScoreCAM(AttributionMethod):
 
     def _masked_scores(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                        activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-        """Target score [N,k] of each image masked by each of its selected, upsampled and normalised channels."""
+        """Target score [N,k] of each image masked by each of its selected channels (upsampled, normalised)."""
         n, k = channels.shape
         rows = torch.arange(n, device=images.device).repeat_interleave(k)
         cols = channels.reshape(-1)

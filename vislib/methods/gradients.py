@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
-from typing import ClassVar
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -55,14 +54,16 @@ def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
 
     nn.ReLU modules call torch.nn.functional.relu, and some networks call it directly (torchvision's
     googlenet and densenet), so patching that one function covers both, including a module reused
-    several times (torchvision's resnet blocks). The patch is process-wide while the block runs.
+    several times (torchvision's resnet blocks). The patch is process-wide while the block runs,
+    and a call with inplace=True returns a new tensor (every caller uses the returned value).
     """
     original = F.relu
 
     def guided_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         return _GuidedClamp.apply(input, None)
 
-    def guided_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
+    def guided_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
+                     ) -> torch.Tensor:
         return _GuidedClamp.apply(inputs[0], float(module.max_val))
 
     handles = [m.register_forward_hook(guided_relu6) for m in model.modules()
@@ -76,19 +77,10 @@ def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
             handle.remove()
 
 
-def _max_abs_over_channels(attribution: torch.Tensor) -> torch.Tensor:
-    return attribution.abs().amax(dim=1)
-
-
-def _sum_over_channels(attribution: torch.Tensor) -> torch.Tensor:
-    return attribution.sum(dim=1)
-
-
 class GradientMethod(AttributionMethod):
     """A method whose per-pixel attribution [N,3,H,W] is reduced over channels to the map."""
 
     uses_layer = False
-    channel_reduction: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(_max_abs_over_channels)
 
     @abstractmethod
     def attribute(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
@@ -96,11 +88,12 @@ class GradientMethod(AttributionMethod):
         """Per-pixel attribution [N,3,H,W] of validated `targets` [N] for a preprocessed batch."""
 
     def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
-        """The map [N,H,W] of a per-pixel attribution [N,3,H,W]."""
-        return type(self).channel_reduction(attribution)
+        """The map [N,H,W] of a per-pixel attribution [N,3,H,W]: the maximum absolute value over channels."""
+        return attribution.abs().amax(dim=1)
 
     def _explain(self, model, layer, images, targets) -> Attribution:
-        return Attribution(self.reduce(self.attribute(model, images, targets, layer)).float(), targets, targets)
+        maps = self.reduce(self.attribute(model, images, targets, layer))
+        return Attribution(maps.float(), targets, targets)
 
 
 @register
@@ -148,7 +141,10 @@ class GradientXInput(GradientMethod):
     """Gradient x input (Shrikumar et al. 2016): input times its gradient, summed over channels."""
 
     name = "gradient_x_input"
-    channel_reduction = staticmethod(_sum_over_channels)
+
+    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
+        """The signed sum over channels."""
+        return attribution.sum(dim=1)
 
     def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
         """Input times input gradient [N,3,H,W] (signed, in the model's input space)."""
@@ -178,7 +174,6 @@ class IntegratedGradients(GradientMethod):
     """Integrated gradients (Sundararajan et al. 2017): (x - x') times the path-averaged gradient."""
 
     name = "integrated_gradients"
-    channel_reduction = staticmethod(_sum_over_channels)
     # The midpoint rule is the default: a ReLU network's gradient jumps along the path, and
     # Gauss-Legendre's end-clustered nodes then miss the middle (6% completeness gap vs 0.4%
     # at 64 steps on a random resnet18 with a black baseline).
@@ -191,11 +186,15 @@ class IntegratedGradients(GradientMethod):
             raise ConfigError(f"method 'integrated_gradients' needs steps >= 2 and batch_size >= 1, "
                               f"got steps={p['steps']}, batch_size={p['batch_size']}")
         if p["baseline"] not in BASELINES:
-            raise ConfigError(f"method 'integrated_gradients' parameter 'baseline' must be one of {BASELINES}, "
-                              f"got {p['baseline']!r}")
+            raise ConfigError(f"method 'integrated_gradients' parameter 'baseline' must be one of "
+                              f"{BASELINES}, got {p['baseline']!r}")
         if p["rule"] not in QUADRATURE_RULES:
             raise ConfigError(f"method 'integrated_gradients' parameter 'rule' must be one of "
                               f"{QUADRATURE_RULES}, got {p['rule']!r}")
+
+    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
+        """The signed sum over channels (its total is the completeness sum)."""
+        return attribution.sum(dim=1)
 
     def baseline(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The baseline x' [N,3,H,W]: zeros in input space ('zero') or black pixels ('black')."""
@@ -244,9 +243,10 @@ class SmoothGrad(GradientMethod):
         """The base must be a gradient method; counts positive; noise level non-negative."""
         p = self.params
         if p["base"] not in SMOOTHABLE:
-            raise ConfigError(f"method 'smoothgrad' parameter 'base' must be one of {SMOOTHABLE}, got {p['base']!r}")
+            raise ConfigError(f"method 'smoothgrad' parameter 'base' must be one of {SMOOTHABLE}, "
+                              f"got {p['base']!r}")
         if p["samples"] < 1 or p["batch_size"] < 1 or p["noise_level"] < 0:
-            raise ConfigError(f"method 'smoothgrad' needs samples >= 1, batch_size >= 1 and noise_level >= 0, "
+            raise ConfigError("method 'smoothgrad' needs samples >= 1, batch_size >= 1 and noise_level >= 0, "
                               f"got samples={p['samples']}, batch_size={p['batch_size']}, "
                               f"noise_level={p['noise_level']}")
 
@@ -268,7 +268,7 @@ class SmoothGrad(GradientMethod):
                            device=images.device, dtype=images.dtype)
 
     def attribute(self, model, images, targets, layer=None) -> torch.Tensor:
-        """Mean base attribution [N,3,H,W] over inputs with noise of std noise_level * (max - min) per image."""
+        """Mean base attribution [N,3,H,W] over noisy inputs (std noise_level * (max - min) per image)."""
         n = images.shape[0]
         std = self.params["noise_level"] * (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3)))
         noise = self.noise(images)

@@ -10,8 +10,10 @@ frozen while the others go on.
 The network before the layer runs once per batch: the forward pass that `explain` makes to find the
 predicted classes is the caching pass. Where `torch.fx` can trace the model, the rest of the graph
 is cut off as a tail module that takes the filtered activation (plus any cached value that crosses
-the cut, such as a residual branch), so each iteration runs only that tail. Where tracing fails, a
-forward hook multiplies the layer output by the filter and the whole net runs every iteration.
+the cut, such as a residual branch), so each iteration runs only that tail. A tail made only of
+affine ops (pooling, flatten, linear: the last layer of ResNet, GoogLeNet and the demo net) is
+replaced by its exact per-position logit columns. Where tracing fails, a forward hook multiplies
+the layer output by the filter and the whole net runs every iteration.
 """
 
 from __future__ import annotations
@@ -82,6 +84,38 @@ class _GraphTail:
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         return self.module(masks * self._activation, *self._crossing)
+
+    def attached(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(self)
+
+
+class _AffineTail:
+    """A tail that is affine in its input, as a bias plus one logit column per filter position.
+
+    logits(f) = tail(0) + sum_p f_p (tail(A e_p) - tail(0)) exactly, so the columns are computed
+    once with one tail pass per position and every iteration is a small batched product.
+    """
+
+    path = "fx-affine"
+
+    def __init__(self, tail: _GraphTail, activation: torch.Tensor) -> None:
+        n, _, h, w = activation.shape
+        with torch.no_grad():
+            masks = torch.zeros(n, 1, h * w, device=activation.device)
+            bias = tail(masks.view(n, 1, h, w))
+            columns = []
+            for p in range(h * w):
+                masks.zero_()
+                masks[:, :, p] = 1
+                columns.append(tail(masks.view(n, 1, h, w)) - bias)
+        self._bias_all, self._columns_all = bias, torch.stack(columns, 1)
+        self._bias, self._columns = self._bias_all, self._columns_all
+
+    def select(self, rows: torch.Tensor) -> None:
+        self._bias, self._columns = self._bias_all[rows], self._columns_all[rows]
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        return self._bias + torch.bmm(masks.flatten(1)[:, None], self._columns)[:, 0]
 
     def attached(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext(self)
@@ -191,7 +225,7 @@ def _out_of_place(graph: fx.Graph) -> None:
 
 
 def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
-                 method: str) -> tuple[_GraphTail, torch.Tensor, torch.Tensor] | str:
+                 method: str) -> tuple[_Tail, torch.Tensor, torch.Tensor] | str:
     """Cut the traced model after `layer`: (tail, activation, logits), or why it cannot be cut."""
     tracer = _LeafTracer(layer)
     try:
@@ -254,7 +288,37 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
     env.update({node: tail.node_copy(node) for node in constants})
     for node in tail_nodes:
         env[node] = tail.node_copy(node, lambda n: env[n])
-    return _GraphTail(fx.GraphModule(tracer.root, tail), activation, crossing_values), activation, logits
+    tail_module = fx.GraphModule(tracer.root, tail)
+    graph_tail = _GraphTail(tail_module, activation, crossing_values)
+    columns_bytes = activation.shape[0] * activation.shape[2] * activation.shape[3] * logits.shape[1] * 4
+    if not crossing and columns_bytes <= _AFFINE_MAX_BYTES and _is_affine(tail_module):
+        return _AffineTail(graph_tail, activation), activation, logits
+    return graph_tail, activation, logits
+
+
+# Ops that keep a tail affine in its input (modules in eval mode, which frozen_model guarantees).
+_AFFINE_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity)
+_AFFINE_FUNCTIONS = {torch.flatten, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d,
+                     torch.nn.functional.linear}
+_SHAPE_METHODS = {"view", "reshape", "flatten", "size", "squeeze", "unsqueeze", "contiguous"}
+# Above this the per-position logit columns would take more memory than the tail they replace is worth.
+_AFFINE_MAX_BYTES = 256 * 2**20
+
+
+def _is_affine(tail: fx.GraphModule) -> bool:
+    """Whether every op of the tail is on an allowlist of affine (or shape-only) ops."""
+    for node in tail.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if node.op == "call_module":
+            if not isinstance(tail.get_submodule(node.target), _AFFINE_MODULES):
+                return False
+        elif node.op == "call_function":
+            if node.target not in _AFFINE_FUNCTIONS:
+                return False
+        elif node.op != "call_method" or node.target not in _SHAPE_METHODS:
+            return False
+    return True
 
 
 def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
@@ -263,7 +327,7 @@ def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
     resolve_layer(model, layer)
     split = _graph_split(model, layer, images, method)
     if not isinstance(split, str):
-        log.info("l2caf: fx tail at layer %r (the net before it runs once)", layer)
+        log.info("l2caf: %s tail at layer %r (the net before it runs once)", split[0].path, layer)
         return split
     log.info("l2caf: hook path at layer %r (whole net every iteration): %s", layer, split)
     captured: list[object] = []
@@ -370,7 +434,7 @@ class _L2CAF(AttributionMethod):
             params, iterations = self._optimize(tail, goal, self._init(images, targets, (h, w)), grid)
             masks = self._masks(params, grid)
         extras = {"filter": masks, "iterations": iterations,
-                  "fast_path": torch.full((len(images),), tail.path == "fx", device=images.device)}
+                  "fast_path": torch.full((len(images),), tail.path != "hook", device=images.device)}
         return Attribution(self._heatmaps(masks).float(), targets, targets, extras)
 
     def _init(self, images: torch.Tensor, targets: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

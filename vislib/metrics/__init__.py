@@ -1,8 +1,10 @@
 """Metrics, each registered by name: `vislib.metrics.get(name, **params)(MetricInput) -> MetricResult`."""
 
-from vislib.metrics import pointing  # noqa: F401  (registration)
-from vislib.metrics import localization  # noqa: F401  (registration)
-from vislib.metrics import perturbation  # noqa: F401  (registration)
+from vislib.metrics import (
+    localization,  # noqa: F401  (registration)
+    perturbation,  # noqa: F401  (registration)
+    pointing,  # noqa: F401  (registration)
+)
 from vislib.metrics.base import (
     METRICS,
     Metric,

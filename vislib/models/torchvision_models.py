@@ -79,7 +79,9 @@ def _build(arch: str, weights: str, num_classes: int | None) -> LoadedModel:
     enum = _resolve_weights_enum(arch, weights)
     cached = cached_weights(enum.url)
     if cached is None:
-        raise missing_weights(arch, weights, enum.url, str(weights_cache_dir() / os.path.basename(enum.url)))
+        name = os.path.basename(enum.url)
+        places = f"{weights_cache_dir() / name} (or {Path(torch.hub.get_dir()) / 'checkpoints' / name})"
+        raise missing_weights(arch, weights, enum.url, places)
     with _hub_dir(cached.parent.parent):
         module = get_model(arch, weights=enum)
     transforms = enum.transforms()
