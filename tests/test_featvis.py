@@ -13,6 +13,15 @@ FAST = {"size": 32, "iterations": 48, "octaves": 1, "lr": 0.1, "lr_end": 0.05, "
 TINY_OCTAVE = {"iterations": 12, "window_step": 5, "brightness_step": 6}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tensors here are tiny: a second thread costs more than it saves, far more on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -1,0 +1,97 @@
+"""Feature-visualization speed: many units optimised in one batch against one unit at a time, same device.
+
+Both sides run the same `filter_visualization` (same settings, same seed, same images up to float
+rounding); the only difference is whether `generate` gets all units at once or one per call, which is
+what the seed implementations did (one image per call, hook re-registered each time). Each timing is
+the best of `--repeats` runs. Writes a markdown report (default benchmarks/results/featvis.md).
+
+Run: python benchmarks/featvis.py [--device cuda] [--units 8 32] [--threads 1] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from vislib import featvis, models
+from vislib.io import write_text
+
+LAYER = "features.14"
+PARAMS = {"iterations": 16, "octaves": 2, "jitter": 4, "scale_jitter": 0.05}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(run, repeats: int, device: torch.device) -> float:
+    """Fastest wall time of `repeats` calls of `run`."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    """Time batched vs one-at-a-time filter visualization on the demo net and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--units", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--out", default="benchmarks/results/featvis.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = models.load("demonet", device=device)
+    method = featvis.get("filter_visualization", **PARAMS)
+    size = model.vislib_preprocessing.input_size
+    steps = PARAMS["iterations"] * PARAMS["octaves"]
+    method.generate(model, LAYER, [0])  # warm-up: allocator, kernels
+
+    rows = []
+    for count in args.units:
+        units = list(range(count))
+        batched = best_time(lambda units=units: method.generate(model, LAYER, units), args.repeats, device)
+        looped = best_time(lambda units=units: [method.generate(model, LAYER, [u]) for u in units],
+                           args.repeats, device)
+        rows.append((count, batched, looped))
+        print(f"{count} units: batched {batched:.2f}s, one at a time {looped:.2f}s, {looped / batched:.1f}x")
+
+    lines = [
+        "# Feature visualization: batched units vs one unit at a time",
+        "",
+        f"Model demonet (random weights), layer `{LAYER}`, {size}x{size} px, method `filter_visualization` with "
+        f"{PARAMS} ({steps} steps per image), best of {args.repeats} runs.",
+        f"Device: {device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch threads {torch.get_num_threads()}), torch {torch.__version__}.",
+        "",
+        "| units | batched (s) | one at a time (s) | speed-up | batched ms per unit-step |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for count, batched, looped in rows:
+        lines.append(f"| {count} | {batched:.2f} | {looped:.2f} | {looped / batched:.1f}x | "
+                     f"{1000 * batched / (count * steps):.2f} |")
+    lines += [
+        "",
+        "Goal: >= 4x on the demo net. Reproduce: `python benchmarks/featvis.py` (add `--threads 1` on a",
+        "shared machine; `--device cuda` on a GPU).",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(args.out, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
