@@ -45,7 +45,9 @@ def test_unknown_model_and_weights_name_the_valid_choices():
 
 
 def test_pretrained_weights_missing_offline_name_url_and_file(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("VISLIB_WEIGHTS", str(tmp_path / "vislib"))
+    # torch.hub.set_dir elsewhere pins the hub dir for the process, so patch the lookup, not TORCH_HOME.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
     with pytest.raises(MissingWeightsError) as info:
         models.load("resnet18", "IMAGENET1K_V1")
     assert "https://download.pytorch.org/models/resnet18" in str(info.value)
