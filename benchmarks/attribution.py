@@ -210,7 +210,7 @@ def main() -> None:
         ("demonet (trained, shapes val)", demo, "features.14", demo_images),
         ("demonet (random, shapes val)", models.load("demonet", "random"), "features.14", demo_images),
         ("resnet18 (random)", net, "layer4", x[:args.scorecam_batch]),
-        ("efficientnet_lite0 (ImageNet, photos)", lite, "_bn1",
+        ("efficientnet_lite0 (ImageNet, photos)", lite, "_swish",
          models.preprocessing_of(lite).normalize(photos(224))[:args.scorecam_batch]),
     ], args.repeats)
 

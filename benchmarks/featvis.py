@@ -5,7 +5,7 @@ rounding); the only difference is whether `generate` gets all units at once or o
 what the seed implementations did (one image per call, hook re-registered each time). Each timing is
 the best of `--repeats` runs. Writes a markdown report (default benchmarks/results/featvis.md).
 
-Run: python benchmarks/featvis.py [--device cuda] [--units 8 32] [--threads 1] [--out PATH]
+Run: python benchmarks/featvis.py [--device cuda] [--units 8 32] [--sizes 64 32] [--threads 1] [--out PATH]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--units", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 32], help="image sides (64: the demo net's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument("--out", default="benchmarks/results/featvis.md")
@@ -56,33 +57,34 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = models.load("demonet", device=device)
-    method = featvis.get("filter_visualization", **PARAMS)
-    size = model.vislib_preprocessing.input_size
     steps = PARAMS["iterations"] * PARAMS["octaves"]
-    method.generate(model, LAYER, [0])  # warm-up: allocator, kernels
-
     rows = []
-    for count in args.units:
-        units = list(range(count))
-        batched = best_time(lambda units=units: method.generate(model, LAYER, units), args.repeats, device)
-        looped = best_time(lambda units=units: [method.generate(model, LAYER, [u]) for u in units],
-                           args.repeats, device)
-        rows.append((count, batched, looped))
-        print(f"{count} units: batched {batched:.2f}s, one at a time {looped:.2f}s, {looped / batched:.1f}x")
+    for size in args.sizes:
+        method = featvis.get("filter_visualization", **PARAMS, size=size)
+        method.generate(model, LAYER, [0])  # warm-up: allocator, kernels
+        for count in args.units:
+            units = list(range(count))
+            batched = best_time(lambda units=units, method=method: method.generate(model, LAYER, units),
+                                args.repeats, device)
+            looped = best_time(lambda units=units, method=method: [method.generate(model, LAYER, [u]) for u in units],
+                               args.repeats, device)
+            rows.append((size, count, batched, looped))
+            print(f"{size}px, {count} units: batched {batched:.2f}s, one at a time {looped:.2f}s, "
+                  f"{looped / batched:.1f}x", flush=True)
 
     lines = [
         "# Feature visualization: batched units vs one unit at a time",
         "",
-        f"Model demonet (random weights), layer `{LAYER}`, {size}x{size} px, method `filter_visualization` with "
+        f"Model demonet (random weights), layer `{LAYER}`, method `filter_visualization` with "
         f"{PARAMS} ({steps} steps per image), best of {args.repeats} runs.",
         f"Device: {device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch threads {torch.get_num_threads()}), torch {torch.__version__}.",
         "",
-        "| units | batched (s) | one at a time (s) | speed-up | batched ms per unit-step |",
-        "|---:|---:|---:|---:|---:|",
+        "| image side | units | batched (s) | one at a time (s) | speed-up | batched ms per unit-step |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for count, batched, looped in rows:
-        lines.append(f"| {count} | {batched:.2f} | {looped:.2f} | {looped / batched:.1f}x | "
+    for size, count, batched, looped in rows:
+        lines.append(f"| {size} | {count} | {batched:.2f} | {looped:.2f} | {looped / batched:.1f}x | "
                      f"{1000 * batched / (count * steps):.2f} |")
     lines += [
         "",

@@ -6,7 +6,13 @@ import torch
 from vislib import featvis, models
 from vislib.errors import ConfigError, DataError, LayerError, UnknownNameError
 from vislib.featvis.class_agnostic import gaussian_centre_mask
-from vislib.featvis.engine import blur_kernel_size, gaussian_blur, laplacian_normalize, tap_layers, total_variation
+from vislib.featvis.engine import (
+    blur_kernel_size,
+    gaussian_blur,
+    laplacian_normalize,
+    tap_layers,
+    total_variation,
+)
 from vislib.methods.hooks import hook_count
 
 FAST = {"size": 32, "iterations": 48, "octaves": 1, "lr": 0.1, "lr_end": 0.05, "jitter": 2, "scale_jitter": 0.0}

@@ -16,7 +16,14 @@ from vislib.featvis.base import (
     register,
     unit_noise,
 )
-from vislib.featvis.engine import ENGINE_DEFAULTS, optimize, probe_layer, run, settings_from, tap_layers
+from vislib.featvis.engine import (
+    ENGINE_DEFAULTS,
+    optimize,
+    probe_layer,
+    run,
+    settings_from,
+    tap_layers,
+)
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
 

@@ -9,7 +9,15 @@ from torch import nn
 
 from vislib.errors import ConfigError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, register
-from vislib.featvis.engine import ENGINE_DEFAULTS, optimize, probe_layer, resize, run, settings_from, tap_layers
+from vislib.featvis.engine import (
+    ENGINE_DEFAULTS,
+    optimize,
+    probe_layer,
+    resize,
+    run,
+    settings_from,
+    tap_layers,
+)
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
 
