@@ -48,7 +48,7 @@ class AttributionMethod(ABC):
                 )
         self.validate()
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no value checks)
         """Check parameter values beyond their types (override where needed)."""
 
     def explain(self, model: nn.Module, layer: str | None, images: torch.Tensor,
