@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from vislib import metrics
 from vislib.data.dataset import Sample
 from vislib.errors import ConfigError
-from vislib.metrics.localization import largest_component_boxes
+from vislib.metrics.localization import BOX_HITS_COLUMN, apply_dataset_max_box_acc, largest_component_boxes
 
 
 def _sample(boxes, labels, label=None) -> Sample:
@@ -77,7 +78,23 @@ def test_top1_error_counts_a_wrong_class_as_an_error():
 def test_maxboxacc_picks_the_threshold_best_for_the_batch():
     sample = _sample([[0, 0, 20, 20]], [0])
     maps = _blob(0, 0, 20, 20) * 0.3 + _blob(0, 0, 10, 10) * 0.7
-    assert metrics.get("maxboxacc", thresholds=10)(_input(maps, [sample], [0])).values[0] == 1.0
+    result = metrics.get("maxboxacc", thresholds=10)(_input(maps, [sample], [0]))
+    assert result.values[0] == 1.0
+    # Threshold 0 boxes the whole image; 0.1-0.3 find the 20x20 box; above 0.3 only the 10x10 core (IoU 0.25).
+    np.testing.assert_array_equal(result.per_image[BOX_HITS_COLUMN][0], [0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+
+
+def test_maxboxacc_threshold_is_chosen_over_the_whole_dataset_not_per_shard():
+    # Shard 1's image is localized only at threshold 0.0, shard 2's two images only at 0.5: each shard alone
+    # scores 1.0, but one threshold for the dataset localizes two of three images.
+    curves = [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]]
+    table = pa.table({"dataset": ["d"] * 4, "model": ["m"] * 4, "layer": ["l"] * 4,
+                      "method": ["a", "a", "a", "b"], "metric": ["maxboxacc"] * 4,
+                      "value": [1.0, 1.0, 1.0, 1.0], BOX_HITS_COLUMN: curves})
+    resolved = apply_dataset_max_box_acc(table, ["dataset", "model", "layer", "method"])
+    assert BOX_HITS_COLUMN not in resolved.column_names
+    np.testing.assert_array_equal(resolved.column("value").to_numpy(), [0.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(resolved.column("box_threshold").to_numpy(), [0.5, 0.5, 0.5, 0.0])
 
 
 def test_bad_input_is_nan_with_a_reason():

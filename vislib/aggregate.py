@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from vislib.errors import DataError
 from vislib.io import write_parquet, write_text
+from vislib.metrics.localization import apply_dataset_max_box_acc
 
 GROUP_COLUMNS = ["dataset", "model", "layer", "method", "metric"]
 
@@ -72,7 +73,7 @@ def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLik
               summary_path: str | os.PathLike, summary_md_path: str | os.PathLike,
               metadata: dict[str, str], title: str = "") -> pd.DataFrame:
     """Write metrics.parquet, summary.parquet and summary.md (each atomically) and return the summary."""
-    table = collect(files)
+    table = apply_dataset_max_box_acc(collect(files), GROUP_COLUMNS[:-1])
     write_parquet(metrics_path, table, metadata)
     summary = summarize(table)
     write_parquet(summary_path, pa.Table.from_pandas(summary, preserve_index=False), metadata)

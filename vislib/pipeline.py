@@ -150,7 +150,8 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
             for j, i in enumerate(keep):
                 rows.append({**common, **settings, "image_id": int(shard.image_ids[i]),
                              "target": int(shard.targets[i]), "predicted": int(shard.predicted[i]),
-                             "metric": name, "value": float(result.values[j]), "reason": result.reasons[j]})
+                             "metric": name, "value": float(result.values[j]), "reason": result.reasons[j],
+                             **{key: array[j].tolist() for key, array in result.per_image.items()}})
         for i in sorted(set(range(n_ok)) - set(keep)):
             rows.extend(_failed_rows(common, int(shard.image_ids[i]), metric_objects, "image failed to decode"))
     for image_id, reason in zip(shard.failed_ids, shard.failed_reasons, strict=True):

@@ -29,10 +29,15 @@ class MetricInput:
 
 @dataclass
 class MetricResult:
-    """One value per image; NaN where the metric is undefined, with the reason."""
+    """One value per image; NaN where the metric is undefined, with the reason.
+
+    `per_image` holds extra per-image arrays ([N,...]) that are written as list columns beside the value, for
+    metrics whose final value needs the whole dataset (MaxBoxAcc's threshold sweep).
+    """
 
     values: np.ndarray
     reasons: list[str] = field(default_factory=list)
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.reasons:

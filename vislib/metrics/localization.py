@@ -3,64 +3,72 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
-from scipy import ndimage
 
 from vislib.errors import ConfigError
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register, target_boxes
 
-# Connectivity inside one image only: the stack axis must never join components of different images.
+# 8-connectivity inside one image only: the stack axis must never join components of different images.
 _STRUCTURE = np.zeros((3, 3, 3), bool)
-_STRUCTURE[1] = ndimage.generate_binary_structure(2, 2)
+_STRUCTURE[1] = True
 
 NO_BOX = "no ground-truth box of the target class"
 
 
-def largest_component_boxes(maps: np.ndarray, threshold: float) -> np.ndarray:
+def largest_component_boxes(maps: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
     """Box [N,4] xyxy around the largest 8-connected region where each map is >= `threshold` x its max.
 
-    A map without any positive value gets the empty box (0, 0, 0, 0).
+    `threshold` is one value or one per map. A map without any positive value gets the empty box (0, 0, 0, 0).
     """
+    # scipy is imported on first use: explain jobs import vislib.metrics but never score.
+    from scipy import ndimage
+
     n = len(maps)
     peak = maps.reshape(n, -1).max(1)
-    binary = (maps >= threshold * peak[:, None, None]) & (peak[:, None, None] > 0)
+    cut = (np.broadcast_to(np.asarray(threshold, np.float64), (n,)) * peak)[:, None, None]
+    binary = (maps >= cut) & (peak[:, None, None] > 0)
     labels, count = ndimage.label(binary, structure=_STRUCTURE)
     boxes = np.zeros((n, 4), np.float64)
     if count == 0:
         return boxes
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    slices = ndimage.find_objects(labels)
-    owner = np.array([s[0].start for s in slices])
+    # Per component: its image and its extent, from the bounding slices ndimage computes in one pass.
+    extent = np.array([(s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop)
+                       for s in ndimage.find_objects(labels)])
+    owner = extent[:, 0]
     # Largest component per image: sort by (image, size) and keep each image's last entry.
     order = np.lexsort((sizes, owner))
-    last = np.r_[owner[order][1:] != owner[order][:-1], True]
-    for label_index in order[last]:
-        _, rows, cols = slices[label_index]
-        boxes[owner[label_index]] = (cols.start, rows.start, cols.stop, rows.stop)
+    last = order[np.r_[owner[order][1:] != owner[order][:-1], True]]
+    boxes[owner[last]] = extent[last, 1:]
     return boxes
 
 
-def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each of `others` [K,4]."""
-    width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
-    height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+def padded_target_boxes(batch: MetricInput) -> tuple[np.ndarray, list[str]]:
+    """Target-class boxes of every image padded to [N,K,4] with NaN, and why an image has none."""
+    per_image = [target_boxes(sample, int(batch.targets[i])).astype(np.float64)
+                 for i, sample in enumerate(batch.samples)]
+    padded = np.full((len(per_image), max([1, *map(len, per_image)]), 4), np.nan)
+    for i, boxes in enumerate(per_image):
+        padded[i, :len(boxes)] = boxes
+    return padded, [NO_BOX if len(boxes) == 0 else "" for boxes in per_image]
+
+
+def best_iou(boxes: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per row, the highest IoU of box [M,4] with its target boxes [M,K,4] (NaN rows of padding ignored).
+
+    NaN where a row has no target box at all.
+    """
+    width = np.clip(np.minimum(boxes[:, None, 2], targets[..., 2]) - np.maximum(boxes[:, None, 0], targets[..., 0]),
+                    0, None)
+    height = np.clip(np.minimum(boxes[:, None, 3], targets[..., 3]) - np.maximum(boxes[:, None, 1], targets[..., 1]),
+                     0, None)
     inter = width * height
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
-
-
-def best_iou(batch: MetricInput, boxes: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Per image, the highest IoU of its predicted box with a ground-truth box of the target class."""
-    n = len(batch.samples)
-    ious, reasons = np.full(n, np.nan), [""] * n
-    for i, sample in enumerate(batch.samples):
-        gt = target_boxes(sample, int(batch.targets[i]))
-        if len(gt) == 0:
-            reasons[i] = NO_BOX
-        else:
-            ious[i] = float(box_iou(boxes[i], gt.astype(np.float64)).max())
-    return ious, reasons
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
+    areas = (targets[..., 2] - targets[..., 0]) * (targets[..., 3] - targets[..., 1])
+    iou = inter / np.maximum(area + areas - inter, 1e-12)
+    defined = ~np.isnan(targets[..., 0])
+    return np.where(defined.any(1), np.where(defined, iou, -1.0).max(1), np.nan)
 
 
 def _maps_array(batch: MetricInput) -> np.ndarray:
@@ -83,8 +91,8 @@ class _Localization(Metric):
 
     def localized(self, batch: MetricInput) -> tuple[np.ndarray, list[str]]:
         """1.0 where the largest-component box hits a target box with enough IoU, else 0.0 (NaN: undefined)."""
-        boxes = largest_component_boxes(_maps_array(batch), float(self.params["threshold"]))
-        ious, reasons = best_iou(batch, boxes)
+        targets, reasons = padded_target_boxes(batch)
+        ious = best_iou(largest_component_boxes(_maps_array(batch), float(self.params["threshold"])), targets)
         hit = np.where(np.isnan(ious), np.nan, (ious >= float(self.params["iou"])).astype(float))
         return hit, reasons
 
@@ -127,12 +135,16 @@ class Top1LocError(_Localization):
         return MetricResult(np.where(np.isnan(hit), np.nan, 1.0 - hit * correct), reasons)
 
 
+BOX_HITS_COLUMN = "box_hits"
+
+
 @register
 class MaxBoxAcc(_Localization):
-    """MaxBoxAcc (Choe et al. 2020): box accuracy at the map threshold that is best for the batch.
+    """MaxBoxAcc (Choe et al. 2020): box accuracy at the map threshold that is best for the whole dataset.
 
-    The threshold is chosen over the images scored together (one workflow shard), so the value equals the
-    published MaxBoxAcc when a shard holds the whole evaluation set; `thresholds` is the sweep's size.
+    Each image records whether its box hits at every threshold of the sweep (`box_hits`); the value written
+    per shard uses the threshold best for that shard, and `dataset_max_box_acc` re-chooses the threshold
+    over all images of a dataset/model/layer/method at aggregation, which is the published definition.
     """
 
     name = "maxboxacc"
@@ -148,15 +160,51 @@ class MaxBoxAcc(_Localization):
 
     def compute(self, batch: MetricInput) -> MetricResult:
         maps = _maps_array(batch)
-        sweep = np.arange(int(self.params["thresholds"])) / int(self.params["thresholds"])
-        hits = []
-        reasons: list[str] = []
-        for threshold in sweep:
-            ious, reasons = best_iou(batch, largest_component_boxes(maps, float(threshold)))
-            hits.append(np.where(np.isnan(ious), np.nan, (ious >= float(self.params["iou"])).astype(float)))
-        table = np.stack(hits)  # [T,N]
-        defined = ~np.isnan(table[0])
-        if not defined.any():
-            return MetricResult(table[0], reasons)
-        best = int(np.argmax(table[:, defined].mean(1)))
-        return MetricResult(table[best], reasons)
+        targets, reasons = padded_target_boxes(batch)
+        sweep = threshold_sweep(int(self.params["thresholds"]))
+        n, pixels = len(maps), maps[0].size
+        # Label several thresholds' binary maps in one call, in chunks that keep the stack near 32M pixels.
+        per_chunk = max(1, (1 << 25) // max(1, n * pixels))
+        ious = []
+        for start in range(0, len(sweep), per_chunk):
+            chunk = sweep[start:start + per_chunk]
+            stacked = np.broadcast_to(maps, (len(chunk), *maps.shape)).reshape(-1, *maps.shape[1:])
+            boxes = largest_component_boxes(stacked, np.repeat(chunk, n))
+            ious.append(best_iou(boxes, np.tile(targets, (len(chunk), 1, 1))).reshape(len(chunk), n))
+        iou = np.concatenate(ious).T  # [N,T]
+        table = np.where(np.isnan(iou), np.nan, (iou >= float(self.params["iou"])).astype(float))
+        return MetricResult(table[:, best_threshold_index(table)], reasons, {BOX_HITS_COLUMN: table})
+
+
+def threshold_sweep(count: int) -> np.ndarray:
+    """The map thresholds MaxBoxAcc tries: 0, 1/count, ..., (count-1)/count."""
+    return np.arange(count) / count
+
+
+def best_threshold_index(hits: np.ndarray) -> int:
+    """Index of the threshold with the highest box accuracy over the images with a defined value ([N,T])."""
+    defined = ~np.isnan(hits[:, 0])
+    if not defined.any():
+        return 0
+    return int(np.argmax(hits[defined].mean(0)))
+
+
+def apply_dataset_max_box_acc(table: pa.Table, group_columns: list[str]) -> pa.Table:
+    """Re-score MaxBoxAcc rows at the threshold best over each whole group; drop the per-image sweep column.
+
+    Adds `box_threshold` (the chosen map threshold) to those rows; other rows are unchanged.
+    """
+    if BOX_HITS_COLUMN not in table.column_names:
+        return table
+    frame = table.select([*group_columns, "metric", BOX_HITS_COLUMN]).to_pandas()
+    values = table.column("value").to_numpy(zero_copy_only=False).copy()
+    chosen = np.full(len(frame), np.nan)
+    rows = frame.index[(frame["metric"] == MaxBoxAcc.name) & frame[BOX_HITS_COLUMN].notna()]
+    for _, group in frame.loc[rows].groupby(group_columns, sort=False):
+        hits = np.stack([np.asarray(h, dtype=float) for h in group[BOX_HITS_COLUMN]])
+        best = best_threshold_index(hits)
+        values[group.index] = hits[:, best]
+        chosen[group.index] = threshold_sweep(hits.shape[1])[best]
+    table = table.drop_columns([BOX_HITS_COLUMN])
+    table = table.set_column(table.column_names.index("value"), "value", pa.array(values, pa.float64()))
+    return table.append_column("box_threshold", pa.array(chosen, pa.float64(), from_pandas=True))
