@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import tarfile
@@ -93,6 +94,28 @@ def test_wrong_checksum_deletes_file(server: str, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="sha256 .* expected 0000"):
         download(f"{server}/w.bin", tmp_path / "w.bin", sha256="0" * 64, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_keeps_the_part_file_and_says_so(server: str, tmp_path: Path, monkeypatch) -> None:
+    payload = bytes(range(256)) * 8192  # two CHUNKs: the disk fills after the first one is written
+    _Handler.files["/full.bin"] = payload
+
+    class _FillingFile(io.FileIO):
+        def write(self, block: bytes) -> int:
+            if self.tell() > 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(block)
+
+    monkeypatch.setattr("vislib.data.download.open", lambda path, mode: _FillingFile(path, mode), raising=False)
+    with pytest.raises(DownloadError, match="disk full while writing .*full.bin.part.*resumes"):
+        download(f"{server}/full.bin", tmp_path / "full.bin", progress=False)
+    assert not (tmp_path / "full.bin").exists()
+    assert (tmp_path / "full.bin.part").stat().st_size == 1 << 20
+    monkeypatch.undo()
+    path = download(f"{server}/full.bin", tmp_path / "full.bin", sha256=hashlib.sha256(payload).hexdigest(),
+                    progress=False)
+    assert path.read_bytes() == payload
+    assert _Handler.requests[-1] == ("/full.bin", f"bytes={1 << 20}-")
 
 
 def test_torchvision_hash_prefix_checked(server: str, tmp_path: Path) -> None:
