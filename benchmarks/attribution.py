@@ -1,6 +1,6 @@
 """Attribution speed: every vislib method against pytorch-grad-cam and captum, plus Score-CAM top-k.
 
-Run: python benchmarks/attribution.py [--batch 16] [--size 224] [--repeats 1]
+Run: python benchmarks/attribution.py [--batch 16] [--size 224] [--repeats 3] [--demonet CHECKPOINT]
 Writes benchmarks/results/attribution.md. Same model, input, batch, device and settings for all.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import platform
 import tempfile
@@ -24,23 +25,27 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from vislib import methods, models  # noqa: E402
 from vislib.data.dataset import CocoFormatDataset  # noqa: E402
+from vislib.data.photos import write_photos  # noqa: E402
 from vislib.data.synthetic import ShapesConfig, generate_shapes  # noqa: E402
 from vislib.io import write_text  # noqa: E402
-from vislib.methods.hooks import capture_layer  # noqa: E402
+from vislib.methods.hooks import frozen_model  # noqa: E402
 from vislib.methods.postprocess import normalize_maps  # noqa: E402
 from vislib.training import TrainConfig, train_classifier  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "attribution.md"
+WORKFLOW_DEMONET = Path(__file__).parent.parent / "results" / "models" / "demonet" / "model.pt"
 
 
-def images_per_second(run: Callable[[], object], n_images: int, repeats: int) -> float:
-    """Best images/s over `repeats` timed calls."""
-    best = float("inf")
+def best_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time of each run over `repeats` rounds; the runs alternate within a round, so load
+    from other processes on a shared machine hits all of them alike."""
+    best = dict.fromkeys(runs, math.inf)
     for _ in range(repeats):
-        tick = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - tick)
-    return n_images / best
+        for name, run in runs.items():
+            tick = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - tick)
+    return best
 
 
 def pgc_cam(cls, net, layer, x, targets, **attrs):
@@ -62,57 +67,96 @@ def pgc_guided(net, x, targets):
     return lambda: [model(x[i:i + 1].clone(), int(targets[i])) for i in range(len(x))]
 
 
-def method_rows(net, x, targets, steps: int, samples: int, repeats: int,
-                scorecam_batch: int) -> list[tuple[str, float, float, float | None, float | None, str]]:
-    """(method, vislib, vislib's own pass, pytorch-grad-cam, captum, note) in images/s for every method."""
+def method_rows(net, x, targets, args) -> list[tuple[str, float, float | None, float | None, str]]:
+    """(method, vislib, pytorch-grad-cam, captum, settings) in images/s for every vislib method."""
     layer_name = "layer4"
     layer = models.resolve_layer(net, layer_name)
-    n = len(x)
+    steps, samples, repeats = args.steps, args.samples, args.repeats
     std = 0.15 * float(x.max() - x.min())
+    xs, ts = x[:args.scorecam_batch], targets[:args.scorecam_batch]
 
     def ours(name, images=x, wanted=targets, **params):
         method = methods.get(name, **params)
-        # The public call, and the method's own pass alone: explain() adds a no-grad forward
-        # for the predicted class and the target check.
-        return (lambda: method.explain(net, layer_name, images, wanted),
-                lambda: method._explain(net, layer_name, images, wanted))
+        return lambda: method.explain(net, layer_name, images, wanted)
 
-    xs, ts = x[:scorecam_batch], targets[:scorecam_batch]
     specs = [
-        ("cam", ours("cam"), None, None, "no peer implements plain CAM"),
+        ("cam", ours("cam"), None, None, repeats, "no peer implements plain CAM"),
         ("gradcam", ours("gradcam"), pgc_cam(GradCAM, net, layer, x, targets),
-         lambda: ca.LayerGradCam(net, layer).attribute(x, target=targets), ""),
-        ("gradcampp", ours("gradcampp"), pgc_cam(GradCAMPlusPlus, net, layer, x, targets), None, ""),
-        ("layercam", ours("layercam"), pgc_cam(LayerCAM, net, layer, x, targets), None, ""),
-        ("scorecam", ours("scorecam", xs, ts, batch_size=32), pgc_cam(ScoreCAM, net, layer, xs, ts, batch_size=32),
-         None, f"exact, batch {scorecam_batch}, masked forwards in batches of 32"),
-        ("scorecam top 64", ours("scorecam", xs, ts, batch_size=32, top_channels=64), None, None,
-         f"top_channels=64 of 512, batch {scorecam_batch}"),
+         lambda: ca.LayerGradCam(net, layer).attribute(x, target=targets), repeats, ""),
+        ("gradcampp", ours("gradcampp"), pgc_cam(GradCAMPlusPlus, net, layer, x, targets), None, repeats, ""),
+        ("layercam", ours("layercam"), pgc_cam(LayerCAM, net, layer, x, targets), None, repeats, ""),
+        ("scorecam (exact)", ours("scorecam", xs, ts, batch_size=32),
+         pgc_cam(ScoreCAM, net, layer, xs, ts, batch_size=32), None, 1,
+         f"{args.scorecam_batch} images (512 masked forwards each), 32 masked images per pass"),
+        ("scorecam top_channels=64", ours("scorecam", xs, ts, batch_size=32, top_channels=64), None, None, 1,
+         f"{args.scorecam_batch} images, 64 of 512 channels scored; no peer has top-k"),
         ("vanilla_gradient", ours("vanilla_gradient"), None,
-         lambda: ca.Saliency(net).attribute(x, target=targets), ""),
+         lambda: ca.Saliency(net).attribute(x, target=targets), repeats, ""),
         ("guided_backprop", ours("guided_backprop"), pgc_guided(net, x, targets),
-         lambda: ca.GuidedBackprop(net).attribute(x, target=targets), "pytorch-grad-cam: one image per call"),
+         lambda: ca.GuidedBackprop(net).attribute(x, target=targets), repeats,
+         "pytorch-grad-cam: one image per call"),
         ("guided_gradcam", ours("guided_gradcam"), None,
-         lambda: ca.GuidedGradCam(net, layer).attribute(x, target=targets), ""),
+         lambda: ca.GuidedGradCam(net, layer).attribute(x, target=targets), repeats, ""),
         ("gradient_x_input", ours("gradient_x_input"), None,
-         lambda: ca.InputXGradient(net).attribute(x, target=targets), ""),
+         lambda: ca.InputXGradient(net).attribute(x, target=targets), repeats, ""),
         ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=64), None,
          lambda: ca.IntegratedGradients(net).attribute(x, target=targets, n_steps=steps, method="riemann_middle",
-                                                       internal_batch_size=64), f"{steps} steps, 64 per pass"),
+                                                       internal_batch_size=64), max(1, repeats - 1),
+         f"{steps} steps, riemann_middle, 64 images per pass"),
         ("smoothgrad", ours("smoothgrad", samples=samples, batch_size=64), None,
          lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(x, target=targets, nt_type="smoothgrad",
                                                             nt_samples=samples, stdevs=std,
-                                                            nt_samples_batch_size=max(1, 64 // n)),
-         f"{samples} samples of vanilla_gradient, 64 images per pass"),
+                                                            nt_samples_batch_size=max(1, 64 // len(x))),
+         max(1, repeats - 1), f"{samples} samples of vanilla_gradient, 64 images per pass"),
+        ("l2caf_oblivious", ours("l2caf_oblivious"), None, None, repeats,
+         "defaults (max 1000 iterations, stopping rule); no peer: see l2caf.md for the seeds' loops"),
+        ("l2caf_specific", ours("l2caf_specific"), None, None, repeats, "as l2caf_oblivious"),
     ]
     rows = []
-    for name, (run_ours, run_pass), run_pgc, run_captum, note in specs:
-        count = scorecam_batch if name.startswith("scorecam") else n
-        speeds = [images_per_second(r, count, repeats) if r else None
-                  for r in (run_ours, run_pass, run_pgc, run_captum)]
+    for name, run_ours, run_pgc, run_captum, rounds, note in specs:
+        count = args.scorecam_batch if name.startswith("scorecam") else len(x)
+        runs = {key: run for key, run in (("ours", run_ours), ("pgc", run_pgc), ("captum", run_captum)) if run}
+        seconds = best_seconds(runs, rounds)
         net.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
+        speeds = [count / seconds[key] if key in seconds else None for key in ("ours", "pgc", "captum")]
         rows.append((name, *speeds, note))
         print(name, speeds, flush=True)
+    return rows
+
+
+LAYOUT_CASES = [("demonet", "random", 64, 64), ("resnet18", "random", 224, 16), ("resnet50", "random", 224, 8),
+                ("densenet121", "random", 224, 8), ("googlenet", "random", 224, 8), ("vgg16", "random", 224, 4),
+                ("alexnet", "random", 224, 16), ("efficientnet_lite0", "IMAGENET", 224, 16)]
+
+
+def forward_only(net: torch.nn.Module, images: torch.Tensor) -> None:
+    """One forward pass without autograd."""
+    with torch.no_grad():
+        net(images)
+
+
+def input_gradient(net: torch.nn.Module, images: torch.Tensor) -> None:
+    """One forward and backward pass to the input of class 0's score, parameters frozen."""
+    with frozen_model(net):
+        images = images.detach().requires_grad_(True)
+        torch.autograd.grad(net(images)[:, 0].sum(), images)
+
+
+def layout_rows(repeats: int) -> list[tuple[str, int, int, float, float, float, float]]:
+    """(model, size, batch, forward img/s NCHW, channels-last, input gradient img/s NCHW, channels-last)."""
+    rows = []
+    for name, weights, size, batch in LAYOUT_CASES:
+        torch.manual_seed(0)
+        net = models.load(name, weights)
+        x = torch.randn(batch, 3, size, size)
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        runs = {"forward": functools.partial(forward_only, net, x),
+                "forward_cl": functools.partial(forward_only, net, channels_last),
+                "gradient": functools.partial(input_gradient, net, x),
+                "gradient_cl": functools.partial(input_gradient, net, channels_last)}
+        seconds = best_seconds(runs, repeats)
+        rows.append((name, size, batch, *(batch / seconds[key] for key in runs)))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -125,47 +169,53 @@ def map_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
 
 
-def explain_timed(method, net, layer: str, x: torch.Tensor, targets: torch.Tensor,
-                  repeats: int) -> tuple[torch.Tensor, float]:
-    """Maps of one call and the images/s of the timed ones."""
-    run = functools.partial(method.explain, net, layer, x, targets)
-    return run().maps, images_per_second(run, len(x), repeats)
+class RecordedScoreCAM(methods.METHODS["scorecam"]):
+    """vislib's Score-CAM, keeping the masked scores of its last call [N,k]."""
+
+    def _masked_scores(self, *args) -> torch.Tensor:
+        self.last_scores = super()._masked_scores(*args)
+        return self.last_scores
 
 
-def scorecam_topk_rows(cases, repeats: int) -> list[tuple[str, str, int, int, float, float, float]]:
-    """(model, layer, channels, k, speed-up over exact, mean correlation, min correlation) per k."""
+def effective_channels(scores: torch.Tensor) -> float:
+    """Mean over images of exp(entropy) of the channel weights softmax(scores [N,C]): near C when the
+    weights are near uniform, and any choice of channels then gives nearly the exact map."""
+    weights = scores.softmax(1)
+    return float(torch.exp(-(weights * weights.clamp_min(1e-30).log()).sum(1)).mean())
+
+
+def timed_maps(method, net, layer: str, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Maps of one call and its wall seconds."""
+    tick = time.perf_counter()
+    maps = method.explain(net, layer, x, targets).maps
+    return maps, time.perf_counter() - tick
+
+
+def scorecam_topk_rows(cases) -> list[tuple]:
+    """(model, layer, channels, effective channels, k, speed-up, mean corr, min corr, images) per case and k."""
     rows = []
     for label, net, layer, x in cases:
         with torch.no_grad():
             targets = net(x).argmax(1)
-        exact, exact_speed = explain_timed(methods.get("scorecam", batch_size=64), net, layer, x, targets, repeats)
-        with torch.no_grad(), capture_layer(net, layer) as capture:
-            net(x[:1])
-        channels = capture.activation.shape[1]
+        exact_method = RecordedScoreCAM(batch_size=64)
+        exact, exact_seconds = timed_maps(exact_method, net, layer, x, targets)
+        channels = exact_method.last_scores.shape[1]
         for k in (channels // 4, channels // 8, channels // 16):
-            method = methods.get("scorecam", batch_size=64, top_channels=k)
-            maps, speed = explain_timed(method, net, layer, x, targets, repeats)
+            maps, seconds = timed_maps(methods.get("scorecam", batch_size=64, top_channels=k), net, layer, x, targets)
             corr = map_correlation(maps, exact)
-            rows.append((label, layer, channels, k, speed / exact_speed, float(corr.mean()), float(corr.min())))
+            rows.append((label, layer, channels, effective_channels(exact_method.last_scores), k,
+                         exact_seconds / seconds, float(corr.mean()), float(corr.min()), len(x)))
             print(rows[-1], flush=True)
     return rows
 
 
-def photos(size: int) -> torch.Tensor:
-    """Sample photographs of scikit-image in [0,1] at `size`."""
-    from skimage import data as skdata
-
-    pictures = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
-    return torch.stack([torch.nn.functional.interpolate(torch.from_numpy(p).permute(2, 0, 1)[None].float() / 255,
-                                                        size=(size, size), mode="bilinear", antialias=True)[0]
-                        for p in pictures]).clamp(0, 1)
-
-
 def trained_demonet(checkpoint: str | None, workdir: Path, n_images: int) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The demo net (from `checkpoint`, or trained here on fresh shapes) and preprocessed shapes val images."""
+    """The demo net (from `checkpoint`, the workflow's, or trained here as the workflow does) and
+    preprocessed shapes val images of the workflow's dataset."""
     root = workdir / "shapes"
     generate_shapes(root, ShapesConfig(n_train=2000, n_val=200, image_size=64, seed=0))
     train, val = (CocoFormatDataset("shapes", root, split) for split in ("train", "val"))
+    checkpoint = checkpoint or (str(WORKFLOW_DEMONET) if WORKFLOW_DEMONET.exists() else None)
     if checkpoint:
         net = models.load("demonet", checkpoint)
     else:
@@ -176,6 +226,14 @@ def trained_demonet(checkpoint: str | None, workdir: Path, n_images: int) -> tup
     return net, images
 
 
+def photos(net: torch.nn.Module, workdir: Path) -> torch.Tensor:
+    """vislib's photos dataset (scikit-image's sample photographs), preprocessed for `net`."""
+    root = workdir / "photos"
+    write_photos(root)
+    dataset = CocoFormatDataset("photos", root, "val")
+    return dataset.load_batch(dataset.image_ids(), models.preprocessing_of(net)).images
+
+
 def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
@@ -184,12 +242,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (best of); 1 for exact Score-CAM")
     parser.add_argument("--steps", type=int, default=16, help="integrated gradients steps")
     parser.add_argument("--samples", type=int, default=8, help="SmoothGrad samples")
     parser.add_argument("--scorecam-batch", type=int, default=2, help="images for the exact Score-CAM rows")
-    parser.add_argument("--demonet", help="demo net checkpoint (default: train one here, about a minute)")
+    parser.add_argument("--demonet", help="demo net checkpoint (default: the workflow's if it exists, "
+                                          "else trained here, a few minutes)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--skip-speed", action="store_true", help="only the Score-CAM top-k section")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,56 +259,88 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size)
     with torch.no_grad():
         targets = net(x).argmax(1)  # also the warm-up of the allocator and kernels
-        forward = images_per_second(lambda: net(x), len(x), args.repeats)
     ca.Saliency(net).attribute(x, target=targets)  # warm-up of the backward kernels
-    rows = method_rows(net, x, targets, args.steps, args.samples, args.repeats, args.scorecam_batch)
+    net.zero_grad(set_to_none=True)
+    rows, forward = [], None
+    if not args.skip_speed:
+        with torch.no_grad():
+            forward = len(x) / best_seconds({"forward": lambda: net(x)}, args.repeats)["forward"]
+        rows = method_rows(net, x, targets, args)
+    layouts = [] if args.skip_speed else layout_rows(args.repeats)
 
     with tempfile.TemporaryDirectory() as workdir:
         demo, demo_images = trained_demonet(args.demonet, Path(workdir), args.batch)
-    lite = models.load("efficientnet_lite0", "IMAGENET")
+        lite = models.load("efficientnet_lite0", "IMAGENET")
+        lite_images = photos(lite, Path(workdir))
     topk = scorecam_topk_rows([
         ("demonet (trained, shapes val)", demo, "features.14", demo_images),
         ("demonet (random, shapes val)", models.load("demonet", "random"), "features.14", demo_images),
-        ("resnet18 (random)", net, "layer4", x[:args.scorecam_batch]),
-        ("efficientnet_lite0 (ImageNet, photos)", lite, "_swish",
-         models.preprocessing_of(lite).normalize(photos(224))[:args.scorecam_batch]),
-    ], args.repeats)
+        ("resnet18 (random, noise)", net, "layer4", x[:args.scorecam_batch]),
+        ("efficientnet_lite0 (ImageNet, photos)", lite, "_swish", lite_images),
+    ])
 
     lines = [
         "# Attribution speed",
         "",
-        f"resnet18 (random weights), {args.size}x{args.size}, batch {args.batch}, CPU "
-        f"({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}), "
-        f"torch {torch.__version__}; best of {args.repeats} timed call(s), after a warm-up forward and backward. "
-        "Layer `layer4` for layer methods. vislib times the public `explain` (it includes the "
-        "forward pass that finds the predicted class) and, separately, the method's own pass (`_explain`, "
-        "targets given). Peers through their public APIs with the same settings.",
+        f"`{' '.join(['python benchmarks/attribution.py', *os.sys.argv[1:]])}`: resnet18 (random weights), "
+        f"{args.size}x{args.size} noise images, batch {args.batch}, CPU ({torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}), torch {torch.__version__}; load average at the end "
+        f"{os.getloadavg()[0]:.1f} (a shared machine). Best of {args.repeats} rounds ({max(1, args.repeats - 1)} for "
+        "integrated gradients and SmoothGrad, 1 for Score-CAM) after a warm-up forward and backward; within a "
+        "round the implementations run one after the other, so load from other processes hits them alike. "
+        "Layer `layer4` for layer methods; targets given (the predicted classes). vislib times the public "
+        "`explain`, which also returns the predicted classes; the peers run through their public APIs with "
+        "the same settings.",
         "",
-        f"Forward pass only (the limit to compare with): **{forward:.2f} images/s**.",
-        "",
-        "| method | vislib explain img/s | vislib method pass img/s | pytorch-grad-cam img/s | captum img/s "
-        "| explain / faster peer | method pass / faster peer | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, ours, own_pass, pgc, cap, note in rows:
-        best_peer = max((p for p in (pgc, cap) if p is not None), default=None)
-        ratios = [f"{v / best_peer:.2f}x" if best_peer else "—" for v in (ours, own_pass)]
-        lines.append(f"| {name} | {fmt(ours)} | {fmt(own_pass)} | {fmt(pgc)} | {fmt(cap)} | {ratios[0]} "
-                     f"| {ratios[1]} | {note} |")
+    if rows:
+        lines += [
+            f"Forward pass only (the limit to compare with): **{forward:.2f} images/s**.",
+            "",
+            "| method | vislib img/s | pytorch-grad-cam img/s | captum img/s | vislib / faster peer | settings |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for name, ours, pgc, cap, note in rows:
+            best_peer = max((p for p in (pgc, cap) if p is not None), default=None)
+            ratio = f"{ours / best_peer:.2f}x" if best_peer else "—"
+            lines.append(f"| {name} | {fmt(ours)} | {fmt(pgc)} | {fmt(cap)} | {ratio} | {note} |")
+    if layouts:
+        lines += [
+            "",
+            "## Memory layout",
+            "",
+            "On CPU, vislib runs every pass of a method on a channels-last copy of the batch "
+            "(`vislib.methods.base.fast_layout`): oneDNN's native layout, faster in both directions for every "
+            "architecture of the registry (random noise images; input gradient = forward and backward to the "
+            "input, parameters frozen). The peers above get the default layout, as a user would call them.",
+            "",
+            "| model | size | batch | forward NCHW img/s | forward channels-last img/s | gradient NCHW img/s "
+            "| gradient channels-last img/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [f"| {name} | {size} | {batch} | {fwd:.1f} | {fwd_cl:.1f} ({fwd_cl / fwd:.2f}x) | {grad:.1f} | "
+                  f"{grad_cl:.1f} ({grad_cl / grad:.2f}x) |" for name, size, batch, fwd, fwd_cl, grad, grad_cl in layouts]
     lines += [
         "",
         "## Score-CAM: top channels against exact",
         "",
-        "`top_channels=k` scores only the k channels with the largest mean activation; the others get the "
-        "mean weight of the scored ones. Speed-up over "
-        "exact Score-CAM on the same images; Pearson correlation of the normalised native maps with "
-        "the exact ones (mean and minimum over the images).",
+        "`top_channels=k` scores only the k channels with the largest mean absolute activation; the others "
+        "get the weight of the lowest-scoring scored channel. Speed-up: wall time of exact Score-CAM over "
+        "top-k on the same images (one call each). Correlation: Pearson correlation of the normalised native "
+        "maps with the exact ones (mean and minimum over the images). Effective channels: exp(entropy) of "
+        "exact Score-CAM's channel weights, averaged over the images; where it is close to the channel "
+        "count the weights are nearly uniform and any choice of channels gives nearly the exact map, so "
+        "those rows (random weights) do not test the approximation. efficientnet_lite0 uses the head's "
+        "ReLU6 output (`_swish`, the last of its two calls): at the default layer `_bn1`, before the "
+        "activation, exact Score-CAM's map is 0 everywhere on these photos (the near-uniform weighted sum "
+        "of mostly negative pre-activations is negative everywhere, and the ReLU clears it).",
         "",
-        "| model | layer | channels | k | speed-up | mean corr | min corr |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | layer | images | channels | effective channels | k | speed-up | mean corr | min corr |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, layer, channels, k, speedup, mean_corr, min_corr in topk:
-        lines.append(f"| {label} | {layer} | {channels} | {k} | {speedup:.1f}x | {mean_corr:.3f} | {min_corr:.3f} |")
+    for label, layer, channels, effective, k, speedup, mean_corr, min_corr, n in topk:
+        lines.append(f"| {label} | {layer} | {n} | {channels} | {effective:.0f} | {k} | {speedup:.1f}x "
+                     f"| {mean_corr:.3f} | {min_corr:.3f} |")
     write_text(RESULTS, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -200,7 +200,8 @@ def main() -> None:
                       for r in rows]
             lines.append("")
             print("\n".join(lines[-len(rows) - 4:]), flush=True)
-    write_text(Path(args.out), "\n".join(lines))
+    lines.append(f"Load average at the end: {os.getloadavg()[0]:.1f}.")
+    write_text(Path(args.out), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def test_cam_refuses_layers_that_do_not_feed_pool_and_linear():
 
 def _naive_scorecam(net, layer, x, target, channels):
     """Score-CAM of one image scoring only `channels`, one masked forward at a time; the other
-    channels get the mean softmax weight of the scored ones."""
+    channels get the weight of the lowest-scoring scored one."""
     with torch.no_grad(), frozen_model(net), capture_layer(net, layer) as capture:
         net(x)
         activation = capture.activation[0].clone()
@@ -129,20 +129,23 @@ def _naive_scorecam(net, layer, x, target, channels):
             exp_scores[c] = torch.exp(net(x * mask)[0, target].double())
     scored = torch.zeros(len(activation), dtype=torch.bool)
     scored[channels] = True
-    weights = torch.where(scored, exp_scores, exp_scores[scored].mean())
+    weights = torch.where(scored, exp_scores, exp_scores[scored].min())
     return torch.relu(((weights / weights.sum()).float()[:, None, None] * activation).sum(0))
 
 
-def test_scorecam_top_channels_scores_the_most_activated_channels_only():
+def test_scorecam_top_channels_scores_the_channels_of_largest_magnitude_only():
     net = models.load("demonet", "random")
     x = torch.randn(2, 3, 64, 64)
     targets = torch.tensor([4, 1])
-    ours = methods.get("scorecam", top_channels=5, batch_size=3).explain(net, "features.14", x, targets).maps
-    with torch.no_grad(), capture_layer(net, "features.14") as capture:
+    # features.13 is a batch-norm output, before its ReLU: channels of large magnitude may be negative.
+    ours = methods.get("scorecam", top_channels=5, batch_size=3).explain(net, "features.13", x, targets).maps
+    with torch.no_grad(), frozen_model(net), capture_layer(net, "features.13") as capture:
         net(x)
-        top = capture.activation.mean(dim=(2, 3)).topk(5, dim=1).indices
+        magnitude = capture.activation.abs().mean(dim=(2, 3))
+        top = magnitude.topk(5, dim=1).indices
+    assert not torch.equal(top, capture.activation.mean(dim=(2, 3)).topk(5, dim=1).indices)
     for i in range(2):
-        expected = _naive_scorecam(net, "features.14", x[i:i + 1], int(targets[i]), top[i])
+        expected = _naive_scorecam(net, "features.13", x[i:i + 1], int(targets[i]), top[i])
         torch.testing.assert_close(ours[i], expected, rtol=1e-4, atol=1e-6)
     everything = _naive_scorecam(net, "features.14", x[:1], 4, torch.arange(128))
     torch.testing.assert_close(methods.get("scorecam").explain(net, "features.14", x[:1], targets[:1]).maps[0],
@@ -162,7 +165,8 @@ def test_layer_activation_and_grad_matches_a_full_backward_pass():
     net = models.load("resnet18", "random")
     x = torch.randn(2, 3, 64, 64)
     targets = torch.tensor([3, 7])
-    activation, grad, logits = layer_activation_and_grad(net, "layer3", x, targets, "gradcam")
+    activation, grad, logits, chosen = layer_activation_and_grad(net, "layer3", x, targets, "gradcam")
+    assert torch.equal(chosen, targets)
     with frozen_model(net), capture_layer(net, "layer3") as capture:
         out = net(x.clone().requires_grad_(True))
         (expected,) = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), capture.activation)

@@ -93,18 +93,27 @@ def test_model_is_unchanged_after_an_error_inside_the_method(method):
     net = models.load("demonet", "random")
     state = {k: v.clone() for k, v in net.state_dict().items()}
     before = snapshot(net)
+    x = torch.randn(2, 3, 64, 64)
+    explainer = methods.get(method, **QUICK.get(method, {}))
     calls = []
+    handle = net.fc.register_forward_hook(lambda _module, _inputs, _output: calls.append(1))
+    try:
+        explainer.explain(net, None, x)
+    finally:
+        handle.remove()
+    last = len(calls)
 
-    def fail_on_second_forward(_module, _inputs, _output):
-        # The first forward is explain's prediction; the second is inside the method's contexts.
+    def fail_on_last_forward(_module, _inputs, _output):
+        # The method's last pass runs with every context it holds (hooks, guided ReLUs, frozen flags).
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == last:
             raise RuntimeError("boom")
 
-    handle = net.fc.register_forward_hook(fail_on_second_forward)
+    calls.clear()
+    handle = net.fc.register_forward_hook(fail_on_last_forward)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            methods.get(method, **QUICK.get(method, {})).explain(net, None, torch.randn(2, 3, 64, 64))
+            explainer.explain(net, None, x)
     finally:
         handle.remove()
     assert_unchanged(net, before, state)

@@ -10,7 +10,11 @@ import torch
 from vislib import metrics
 from vislib.data.dataset import Sample
 from vislib.errors import ConfigError
-from vislib.metrics.localization import BOX_HITS_COLUMN, apply_dataset_max_box_acc, largest_component_boxes
+from vislib.metrics.localization import (
+    BOX_HITS_COLUMN,
+    apply_dataset_max_box_acc,
+    largest_component_boxes,
+)
 
 
 def _sample(boxes, labels, label=None) -> Sample:

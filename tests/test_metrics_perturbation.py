@@ -101,3 +101,17 @@ def test_no_model_nan_map_and_bad_parameters():
         metrics.get("deletion_auc", baseline="noise")
     with pytest.raises(ConfigError, match="step"):
         metrics.get("insertion_auc", step=0.0)
+
+
+@pytest.mark.parametrize("size", [32, 64, 224])
+def test_blur_baseline_equals_torchvision_gaussian_blur(size):
+    import torchvision.transforms.functional as TF
+
+    from vislib.metrics.perturbation import baseline_images, gaussian_blur
+
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+    sigma = 5.0 * size / 224
+    kernel = 2 * int(np.ceil(2 * sigma)) + 1
+    expected = TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+    assert torch.equal(gaussian_blur(images, kernel, sigma), expected)
+    assert torch.equal(baseline_images(images, "blur"), expected)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import abstractmethod
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from vislib.errors import ConfigError, LayerError
-from vislib.methods.base import Attribution, AttributionMethod, register
+from vislib.methods.base import (
+    Attribution,
+    AttributionMethod,
+    choose_targets,
+    fast_layout,
+    register,
+)
 from vislib.methods.hooks import LayerCapture, capture_layer, frozen_model
 from vislib.methods.postprocess import normalize_maps, upsample_maps
 from vislib.models.registry import resolve_layer
@@ -55,19 +61,29 @@ def _layer_as_leaf(model: nn.Module, layer: str, method: str) -> Iterator[LayerC
         handle.remove()
 
 
-def layer_activation_and_grad(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor,
-                              method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Activation A [N,C,h,w] of `layer`, d score_target / dA, and the logits, in one forward/backward."""
+class LayerGradient(NamedTuple):
+    """A layer's activation and the gradient of the explained scores with respect to it."""
+
+    activation: torch.Tensor  # [N,C,h,w]
+    grad: torch.Tensor  # d score_target / d activation, [N,C,h,w]
+    logits: torch.Tensor  # [N,K]
+    targets: torch.Tensor  # [N], the explained classes
+
+
+def layer_activation_and_grad(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None,
+                              method: str) -> LayerGradient:
+    """Activation of `layer` and d score_target / dA in one forward/backward (targets None: predicted)."""
     with frozen_model(model), _layer_as_leaf(model, layer, method) as capture, torch.enable_grad():
-        logits = model(images.detach())
+        logits = model(fast_layout(images.detach()))
         activation = capture.spatial(layer, method)
+        targets = choose_targets(logits, targets)
         # Images are independent in eval mode, so the gradient of the summed scores is per-image.
         score = logits.gather(1, targets[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activation, allow_unused=True)
     if grad is None:
         raise LayerError(f"the class scores do not depend on layer {layer!r}; pick a layer on the path "
                          "to the classifier")
-    return activation.detach(), grad.detach(), logits.detach()
+    return LayerGradient(activation.detach(), grad.detach(), logits.detach(), targets)
 
 
 class _GradientWeightedCAM(AttributionMethod):
@@ -80,8 +96,8 @@ class _GradientWeightedCAM(AttributionMethod):
 
     def _explain(self, model, layer, images, targets) -> Attribution:
         layer = layer_or_default(model, layer, self.name)
-        activation, grad, _ = layer_activation_and_grad(model, layer, images, targets, self.name)
-        return Attribution(self.combine(activation, grad).float(), targets, targets)
+        activation, grad, logits, targets = layer_activation_and_grad(model, layer, images, targets, self.name)
+        return Attribution(self.combine(activation, grad).float(), targets, logits.argmax(1))
 
 
 @register
@@ -158,11 +174,12 @@ class CAM(AttributionMethod):
     def _explain(self, model, layer, images, targets) -> Attribution:
         layer = layer_or_default(model, layer, self.name)
         with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
-            logits = model(images)
+            logits = model(fast_layout(images))
         activation = capture.spatial(layer, self.name)
+        targets = choose_targets(logits, targets)
         weight, _ = _linear_head(model, layer, activation, logits)
         maps = torch.relu(torch.einsum("nc,nchw->nhw", weight[targets], activation))
-        return Attribution(maps.float(), targets, targets)
+        return Attribution(maps.float(), targets, logits.argmax(1))
 
 
 @register
@@ -188,25 +205,31 @@ class ScoreCAM(AttributionMethod):
         layer = layer_or_default(model, layer, self.name)
         with frozen_model(model), torch.no_grad():
             with capture_layer(model, layer) as capture:
-                model(images)
+                logits = model(fast_layout(images))
             activation = capture.spatial(layer, self.name)
+            targets = choose_targets(logits, targets)
             channels = self._channels(activation)
             scores = self._masked_scores(model, images, targets, activation, channels)
-            # Channels left unscored get the mean softmax weight of the scored ones (log-mean-exp
-            # of their scores): their activation still counts, at an average weight.
-            fill = torch.logsumexp(scores, dim=1, keepdim=True) - math.log(scores.shape[1])
+            # Channels left unscored get the lowest score of the scored ones. They are the weakest
+            # channels, and a channel's masked score tends to grow with its activation, so the
+            # scored set's mean weight (dominated by its best channels) would overweight them all.
+            fill = scores.amin(dim=1, keepdim=True)
             all_scores = fill.expand(-1, activation.shape[1]).scatter(1, channels, scores)
             weights = torch.softmax(all_scores, dim=1)
             maps = torch.relu((weights[:, :, None, None] * activation).sum(1))
-        return Attribution(maps.float(), targets, targets)
+        return Attribution(maps.float(), targets, logits.argmax(1))
 
     def _channels(self, activation: torch.Tensor) -> torch.Tensor:
-        """Indices [N,k] of the channels to score: all, or the `top_channels` most activated on average."""
+        """Indices [N,k] of the channels to score: all, or the `top_channels` of largest mean absolute activation.
+
+        A channel left unscored changes the map by its weight error times its activation, so the
+        channels to score are those of largest magnitude, whatever their sign (layers before a ReLU).
+        """
         n, c = activation.shape[:2]
         k = self.params["top_channels"]
         if k == 0 or k >= c:
             return torch.arange(c, device=activation.device).expand(n, c)
-        return activation.mean(dim=(2, 3)).topk(k, dim=1).indices
+        return activation.abs().mean(dim=(2, 3)).topk(k, dim=1).indices
 
     def _masked_scores(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                        activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
@@ -221,6 +244,6 @@ class ScoreCAM(AttributionMethod):
         for start in range(0, n * k, step):
             r, c = rows[start:start + step], cols[start:start + step]
             masks = normalize_maps(upsample_maps(activation[r, c], size))
-            logits = model(images[r] * masks[:, None].to(images.dtype))
+            logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype)))
             scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0].float()
         return scores.view(n, k)

@@ -7,8 +7,8 @@ variant raises the target logit and lowers all others. Both run a whole batch at
 has its own filter, optimiser state, step counter and stopping rule, and a converged image is
 frozen while the others go on.
 
-The network before the layer runs once per batch: the forward pass that `explain` makes to find the
-predicted classes is the caching pass. Where `torch.fx` can trace the model, the rest of the graph
+The network before the layer runs once per batch, in the forward pass that also gives the logits
+(and the predicted classes). Where `torch.fx` can trace the model, the rest of the graph
 is cut off as a tail module that takes the filtered activation (plus any cached value that crosses
 the cut, such as a residual branch), so each iteration runs only that tail. A tail made only of
 affine ops (pooling, flatten, linear: the last layer of ResNet, GoogLeNet and the demo net) is
@@ -30,7 +30,13 @@ import torch.fx as fx
 from torch import nn
 
 from vislib.errors import ConfigError, LayerError
-from vislib.methods.base import Attribution, AttributionMethod, register
+from vislib.methods.base import (
+    Attribution,
+    AttributionMethod,
+    choose_targets,
+    fast_layout,
+    register,
+)
 from vislib.methods.cam import layer_or_default
 from vislib.methods.hooks import LayerCapture, frozen_model
 from vislib.models.registry import resolve_layer
@@ -325,6 +331,7 @@ def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
              method: str) -> tuple[_Tail, torch.Tensor, torch.Tensor]:
     """The net after `layer` as a tail, the layer's activation [N,C,h,w] and the unfiltered logits."""
     resolve_layer(model, layer)
+    images = fast_layout(images)
     split = _graph_split(model, layer, images, method)
     if not isinstance(split, str):
         log.info("l2caf: %s tail at layer %r (the net before it runs once)", split[0].path, layer)
@@ -339,20 +346,6 @@ def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
         handle.remove()
     _called_once(layer, len(captured))
     return _HookTail(model, layer, images), _spatial(captured[0], layer, method), logits
-
-
-class _Prepared(nn.Module):
-    """The model as `explain` runs it: the forward pass also cuts the net at the layer and keeps the parts."""
-
-    def __init__(self, model: nn.Module, layer: str, method: str) -> None:
-        super().__init__()
-        self.model, self.layer, self.method = model, layer, method
-        self.parts: tuple[_Tail, torch.Tensor, torch.Tensor] | None = None
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with frozen_model(self.model):
-            self.parts = _prepare(self.model, self.layer, images, self.method)
-        return self.parts[2]
 
 
 def _row_seed(seed: int, image: bytes, target: int | None) -> int:
@@ -412,30 +405,23 @@ class _L2CAF(AttributionMethod):
             raise ConfigError(f"method {self.name!r}: stop_threshold must be >= 0 (0 disables stopping), "
                               f"got {p['stop_threshold']}")
 
-    def explain(self, model: nn.Module, layer: str | None, images: torch.Tensor,
-                targets: torch.Tensor | None = None) -> Attribution:
-        """As the base `explain` (layer None: the model's default); its forward pass also caches the head."""
-        layer = layer_or_default(model, layer, self.name)
-        return super().explain(_Prepared(model, layer, self.name), layer, images, targets)
-
     def _explain(self, model, layer, images, targets) -> Attribution:
-        prepared = (model if isinstance(model, _Prepared)
-                    else _Prepared(model, layer_or_default(model, layer, self.name), self.name))
-        if prepared.parts is None:
-            prepared(images)
-        tail, activation, logits = prepared.parts
-        with frozen_model(prepared.model), torch.enable_grad(), tail.attached():
-            h, w = activation.shape[-2:]
-            if self.specific:
-                goal = torch.ones_like(logits).scatter_(1, targets[:, None], -1.0)
-            else:
-                goal = logits
-            grid = self._grid(h, w, images.device)
-            params, iterations = self._optimize(tail, goal, self._init(images, targets, (h, w)), grid)
-            masks = self._masks(params, grid)
+        layer = layer_or_default(model, layer, self.name)
+        with frozen_model(model):
+            tail, activation, logits = _prepare(model, layer, images, self.name)
+            targets = choose_targets(logits, targets)
+            with torch.enable_grad(), tail.attached():
+                h, w = activation.shape[-2:]
+                if self.specific:
+                    goal = torch.ones_like(logits).scatter_(1, targets[:, None], -1.0)
+                else:
+                    goal = logits
+                grid = self._grid(h, w, images.device)
+                params, iterations = self._optimize(tail, goal, self._init(images, targets, (h, w)), grid)
+                masks = self._masks(params, grid)
         extras = {"filter": masks, "iterations": iterations,
                   "fast_path": torch.full((len(images),), tail.path != "hook", device=images.device)}
-        return Attribution(self._heatmaps(masks).float(), targets, targets, extras)
+        return Attribution(self._heatmaps(masks).float(), targets, logits.argmax(1), extras)
 
     def _init(self, images: torch.Tensor, targets: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Initial free variables per row, seeded by content so batch composition does not matter."""
