@@ -1,4 +1,4 @@
-# vislib workflow: data -> models -> explain -> evaluate -> aggregate (+ report).
+# vislib workflow: data -> models -> explain -> evaluate -> aggregate (+ report); featvis and LaViSE.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -8,12 +8,15 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/cluster.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/explain.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 include: "rules/sanity.smk"
+include: "rules/featvis.smk"
+include: "rules/lavise.smk"
 
 
 report: "report/workflow.rst"

@@ -19,8 +19,8 @@ rule aggregate:
     log:
         "logs/aggregate/{experiment}.log",
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:
@@ -46,8 +46,8 @@ rule figure_grid:
     log:
         "logs/figure_grid/{experiment}/{dataset}/{model}/{layer}.log",
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:

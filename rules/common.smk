@@ -22,6 +22,7 @@ wildcard_constraints:
     layer=r"[^/]+",
     method=r"[^/]+",
     shard=r"\d+",
+    group=r"\d+",
 
 
 GPU = 0 if config["device"] == "cpu" else 1
@@ -63,6 +64,28 @@ class Paths:
     def summary(experiment, name):
         return f"results/{experiment}/{name}"
 
+    @staticmethod
+    def featvis_shard(experiment, model, layer, method, shard):
+        return f"results/{experiment}/featvis/{model}/{layer}/{method}/shard_{shard}.npz"
+
+    @staticmethod
+    def featvis_grid(experiment, model, layer, method):
+        return f"results/{experiment}/featvis/{model}/{layer}/{method}/grid.png"
+
+    @staticmethod
+    def seeded_embeddings(dataset):
+        return f"results/embeddings/{dataset}.txt"
+
+    @staticmethod
+    def lavise(experiment, model, layer, name):
+        """A LaViSE output of one model/layer: features/, explainer.pt, training.csv, recall.*, words.parquet."""
+        return f"results/{experiment}/lavise/{model}/{layer}/{name}"
+
+    @staticmethod
+    def lavise_group(experiment, model, layer, group, name):
+        """An output of one filter group: analysis.npz, words.parquet, filters.png."""
+        return f"results/{experiment}/lavise/{model}/{layer}/group_{group}/{name}"
+
 
 def weights_input(model):
     """The checkpoint file a trained model needs (nothing for pretrained or random weights)."""
@@ -82,11 +105,15 @@ def dataset_spec(dataset):
             "limit": spec.get("limit")}
 
 
+def listed_images(dataset):
+    """Number of images in a dataset's checkpointed image list."""
+    with open(checkpoints.image_list.get(dataset=dataset).output[0]) as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 def n_shards(dataset):
     """Shard count of a dataset, read from its checkpointed image list."""
-    with open(checkpoints.image_list.get(dataset=dataset).output[0]) as handle:
-        n_images = sum(1 for line in handle if line.strip())
-    return max(1, math.ceil(n_images / config["shard_size"]))
+    return max(1, math.ceil(listed_images(dataset) / config["shard_size"]))
 
 
 def experiment_metric_shards(wildcards):
@@ -116,6 +143,8 @@ def all_outputs():
     for experiment in config["experiments"]:
         out += [Paths.summary(experiment, n) for n in ("metrics.parquet", "summary.parquet", "summary.md")]
         out += experiment_grids(experiment)
+        out += featvis_grids(experiment)
+        out += lavise_outputs(experiment)
     out += [Paths.training(m) for m, spec in config["models"].items() if "train" in spec]
     return out
 
@@ -178,3 +207,59 @@ def pretrained_weights():
     """{file name: url} of the configured torchvision weights that no local cache holds yet."""
     urls = [weights_url(s["arch"], s.get("weights")) for s in config["models"].values() if "train" not in s]
     return {os.path.basename(u): u for u in urls if u and cached_weights(u) is None}
+
+
+# Feature visualization and LaViSE (rules in rules/featvis.smk and rules/lavise.smk).
+from vislib.config import featvis_jobs, featvis_spec, lavise_jobs
+from vislib.featvis import get as featvis_method
+from vislib.featvis.jobs import job_settings as featvis_job_settings, shard_count as featvis_shard_count, unit_source
+from vislib.lavise.jobs import (FEATURE_KEYS, INFER_KEYS, RECALL_KEYS, SEEDED, TRAIN_KEYS, filter_groups,
+                                group_count, lavise_settings, subset)
+
+LAVISE = lavise_settings(config.get("lavise"))
+
+
+def experiment_dataset(experiment):
+    return config["experiments"][experiment]["dataset"]
+
+
+def featvis_settings(experiment, label):
+    """The experiment's featvis settings one method's jobs depend on."""
+    return featvis_job_settings(featvis_spec(config, label)[0], config["experiments"][experiment]["featvis"])
+
+
+def featvis_shards(wildcards):
+    """Every shard of one experiment/model/layer/method; image-started methods count the checkpointed image list."""
+    name, params = featvis_spec(config, wildcards.method)
+    n_images = 0
+    if unit_source(name) in ("images", "clusters"):
+        n_images = listed_images(experiment_dataset(wildcards.experiment))
+    count = featvis_shard_count(featvis_method(name, **params), featvis_settings(wildcards.experiment, wildcards.method),
+                                n_images)
+    return [Paths.featvis_shard(wildcards.experiment, wildcards.model, wildcards.layer, wildcards.method, shard)
+            for shard in range(count)]
+
+
+def featvis_grids(experiment):
+    return [Paths.featvis_grid(job.experiment, job.model, job.layer, job.method)
+            for job in featvis_jobs(config, experiment)]
+
+
+def lavise_embeddings(experiment):
+    """The word file of an experiment's LaViSE runs: the seeded table of its dataset, or the configured file."""
+    if LAVISE["embeddings"] == SEEDED:
+        return Paths.seeded_embeddings(experiment_dataset(experiment))
+    return LAVISE["embeddings"]
+
+
+def lavise_groups(wildcards, name):
+    return [Paths.lavise_group(wildcards.experiment, wildcards.model, wildcards.layer, group, name)
+            for group in range(group_count(LAVISE))]
+
+
+def lavise_outputs(experiment):
+    out = []
+    for model, layer in lavise_jobs(config, experiment):
+        out += [Paths.lavise(experiment, model, layer, n) for n in ("recall.parquet", "recall.md", "words.parquet")]
+        out += [Paths.lavise_group(experiment, model, layer, g, "filters.png") for g in range(group_count(LAVISE))]
+    return out

@@ -15,8 +15,8 @@ rule prepare_dataset:
     benchmark:
         "benchmarks/runs/prepare_dataset/{dataset}.tsv"
     resources:
-        mem_mb=lambda w: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[0],
-        runtime=lambda w: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[1],
+        mem_mb=lambda w, attempt: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[0] * attempt,
+        runtime=lambda w, attempt: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[1] * attempt,
     conda:
         "../envs/vislib.yaml"
     script:
@@ -33,12 +33,21 @@ checkpoint image_list:
     log:
         "logs/image_list/{dataset}.log",
     resources:
-        mem_mb=1000,
-        runtime=5,
+        # On SLURM the job's memory also holds the Snakemake process running it, which has imported torch
+        # with this workflow (about 0.6 GB): 1000 MB was killed on a memory-enforcing cluster.
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 5 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:
         "../workflow_scripts/image_list.py"
+
+
+# Downloads run where Snakemake runs, never as cluster jobs: compute nodes often have no internet access.
+localrules:
+    weights,
+    fetch_weights,
+    glove,
 
 
 # Pretrained torchvision weights: `snakemake weights` fetches every configured one into the cache

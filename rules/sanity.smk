@@ -21,8 +21,8 @@ rule sanity:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:
@@ -42,8 +42,8 @@ rule sanity_figure:
     log:
         "logs/sanity_figure/{experiment}.log",
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:
@@ -63,8 +63,8 @@ rule metric_bars:
     log:
         "logs/metric_bars/{experiment}.log",
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     conda:
         "../envs/vislib.yaml"
     script:

@@ -20,6 +20,8 @@ start() {
   munge -n | unmunge >/dev/null
   # gres/gpu drops File-less GPUs and rejects regular files, so the fake GPUs are char devices.
   for i in 0 1; do [ -c "$STATE/fakegpu$i" ] || mknod "$STATE/fakegpu$i" c 1 $((3 + 2 * i)); done
+  # Memory limits without cgroups: slurmd samples each step's memory every second (jobacct_gather/linux)
+  # and OverMemoryKill kills a step above its --mem, as a cgroup-enforcing cluster would.
   cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=vislib
 SlurmctldHost=$H
@@ -34,7 +36,9 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/none

@@ -1,4 +1,4 @@
-"""The tiny demo through a real SLURM (sbatch) with the repository's profiles/slurm.
+"""The tiny demo, and jobs that run out of memory, through a real SLURM (sbatch) with profiles/slurm.
 
 Needs a running cluster: `tests/slurm_cluster.sh start` as root (`.ci/run` does this). Skipped, with
 the reason, only where the SLURM client is missing or no node is up.
@@ -6,8 +6,10 @@ the reason, only where the SLURM client is missing or no node is up.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pyarrow.parquet as pq
@@ -37,6 +39,14 @@ def cluster():
         pytest.skip(problem)
 
 
+@pytest.fixture(scope="module")
+def memory_enforced(cluster):
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    if "OverMemoryKill" not in config and "task/cgroup" not in config:
+        pytest.skip("this SLURM does not enforce --mem (neither OverMemoryKill nor task/cgroup); "
+                    "start it with tests/slurm_cluster.sh")
+
+
 def _small_demo() -> dict:
     """The tiny demo cut to its untrained model and one 5-image shard: each sbatch job costs a start-up."""
     config = tiny_config()
@@ -58,3 +68,59 @@ def test_tiny_demo_runs_through_sbatch(cluster, tmp_path):
     # 5 images x 2 metrics, one model, one method.
     assert len(frame) == 10 and set(frame["model"]) == {"demonet_random"}
     print(f"tiny demo through SLURM: {seconds:.1f} s, {len(logs)} sbatch jobs")
+
+
+HOG_MB = 800
+# Both rules hold HOG_MB (plus ~170 MB of the Snakemake job step around them) and scale their request with
+# the attempt, as the workflow's rules do: 400/800/1200 MB fits on the third attempt, 200/400/600 never does.
+HOG_SNAKEFILE = f"""
+include: "{REPO / 'rules' / 'cluster.smk'}"
+
+HOLD = "{sys.executable} -c 'import time; block = b\\"1\\" * ({HOG_MB} << 20); time.sleep(5)'"
+
+rule fits_on_third_attempt:
+    output: "fits.txt"
+    resources:
+        mem_mb=lambda wildcards, attempt: 400 * attempt,
+        runtime=lambda wildcards, attempt: 5 * attempt,
+    shell: HOLD + " && touch {{output}}"
+
+rule never_fits:
+    output: "never.txt"
+    resources:
+        mem_mb=lambda wildcards, attempt: 200 * attempt,
+        runtime=lambda wildcards, attempt: 5 * attempt,
+    shell: HOLD + " && touch {{output}}"
+"""
+
+
+def test_out_of_memory_is_retried_with_more_then_fails_clearly(memory_enforced, tmp_path):
+    (tmp_path / "Snakefile").write_text(HOG_SNAKEFILE)
+    tick = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path),
+         "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", "--keep-going",
+         "fits.txt", "never.txt"],
+        capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - tick
+    output = proc.stdout + proc.stderr
+    logs = tmp_path / ".snakemake" / "slurm_logs"
+
+    def submitted(rule):
+        """mem_mb of each submission of `rule`, in order, as Snakemake logged it."""
+        return [int(m) for m in re.findall(rf"rule {rule}:\n(?:\s+\w+: .*\n)*?\s+resources: .*?mem_mb=(\d+)", output)]
+
+    def killed(rule):
+        """mem_mb of each attempt of `rule` whose SLURM log is left (successful ones are deleted) and was killed."""
+        texts = [p.read_text() for p in sorted(logs.glob(f"rule_{rule}/*.log"), key=lambda p: int(p.stem))]
+        return [int(re.search(r"mem_mb=(\d+)", t).group(1)) for t in texts if "exceeded memory limit" in t]
+
+    # profiles/slurm's retries: 2 -> up to three submissions, each asking for more.
+    assert submitted("fits_on_third_attempt") == [400, 800, 1200], output[-3000:]
+    assert killed("fits_on_third_attempt") == [400, 800] and (tmp_path / "fits.txt").exists()
+    assert submitted("never_fits") == [200, 400, 600] and killed("never_fits") == [200, 400, 600], output[-3000:]
+    assert proc.returncode != 0 and not (tmp_path / "never.txt").exists()
+    assert ("rule_never_fits: SLURM killed 3 attempt(s) for exceeding its memory (last request mem_mb=600); "
+            "give it more with --set-resources never_fits:mem_mb=<MB>") in proc.stderr, output[-3000:]
+    assert "rule_fits_on_third_attempt: SLURM killed" not in proc.stderr
+    print(f"out-of-memory retries through SLURM: {seconds:.1f} s")

@@ -6,9 +6,14 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from vislib import methods, metrics, models
+import torch
+
+from vislib import featvis, methods, metrics, models
 from vislib.data import DATASETS
 from vislib.errors import ConfigError, VislibError
+from vislib.featvis.engine import probe_layer
+from vislib.featvis.jobs import CLASS_LAYER, unit_source
+from vislib.lavise.jobs import check_settings, filter_list, lavise_settings
 from vislib.registry import unknown_name_message
 
 
@@ -48,9 +53,61 @@ def experiment_jobs(config: dict, experiment: str) -> list[Job]:
             for model, layers in exp["models"].items() for layer in layers for method in exp["methods"]]
 
 
+@dataclass(frozen=True)
+class FeatVisJob:
+    """One (model, layer, featvis method) combination of an experiment; `layer` is CLASS_LAYER for class images."""
+
+    experiment: str
+    model: str
+    layer: str
+    method: str
+
+
+def featvis_spec(config: dict, label: str) -> tuple[str, dict[str, Any]]:
+    """(registry name, params) of a configured feature-visualization method."""
+    spec = dict((config.get("featvis") or {})[label] or {})
+    return spec.pop("method", label), spec
+
+
+def featvis_jobs(config: dict, experiment: str) -> list[FeatVisJob]:
+    """Every (model, layer, featvis method) the experiment runs; class images once per model."""
+    block = config["experiments"][experiment].get("featvis")
+    if not block:
+        return []
+    jobs = []
+    for model, layers in block["models"].items():
+        for label in block["methods"]:
+            on_logits = unit_source(featvis_spec(config, label)[0]) == "classes"
+            jobs += [FeatVisJob(experiment, model, layer, label) for layer in ([CLASS_LAYER] if on_logits else layers)]
+    return jobs
+
+
+def lavise_jobs(config: dict, experiment: str) -> list[tuple[str, str]]:
+    """Every (model, layer) whose filters the experiment names with LaViSE."""
+    block = config["experiments"][experiment].get("lavise")
+    return [(model, layer) for model, layers in block["models"].items() for layer in layers] if block else []
+
+
+@functools.cache
+def _random_model(arch: str, num_classes: int | None) -> torch.nn.Module:
+    return models.load(arch, "random", num_classes=num_classes)
+
+
 @functools.cache
 def _layers_of(arch: str, num_classes: int | None) -> tuple[str, ...]:
-    return tuple(models.layer_names(models.load(arch, "random", num_classes=num_classes)))
+    return tuple(models.layer_names(_random_model(arch, num_classes)))
+
+
+@functools.cache
+def _output_shape(arch: str, num_classes: int | None, layer: str | None) -> tuple[int, ...]:
+    """Shape of `layer`'s output (the logits for None) on one image of the model's input size."""
+    model = _random_model(arch, num_classes)
+    size = model.vislib_preprocessing.input_size
+    sample = torch.zeros(1, 3, size, size)
+    if layer is None:
+        with torch.no_grad():
+            return tuple(model(sample).shape)
+    return probe_layer(model, layer, sample)[0]
 
 
 def _known(kind: str, name: str, valid: list[str], where: str) -> None:
@@ -59,7 +116,8 @@ def _known(kind: str, name: str, valid: list[str], where: str) -> None:
 
 
 def check_config(config: dict) -> None:
-    """Fail before any job runs if the config names an unknown model, layer, method, metric or dataset."""
+    """Fail before any job runs if the config names an unknown model, layer, method, metric, dataset or
+    featvis method, or has LaViSE settings no run can use."""
     for name, spec in config["datasets"].items():
         _known("dataset kind", spec["kind"], DATASETS.names(), f"datasets.{name}.kind")
     for name, spec in config["models"].items():
@@ -93,3 +151,68 @@ def check_config(config: dict) -> None:
             valid_layers = list(_layers_of(spec["arch"], spec.get("num_classes")))
             for layer in layers:
                 _known(f"layer of {spec['arch']}", layer, valid_layers, f"{where}.models.{model}")
+    _check_featvis(config)
+    _check_lavise(config)
+
+
+def _check_units(indices: int | list[int], count: int, where: str, what: str) -> None:
+    wanted = list(range(indices)) if isinstance(indices, int) else indices
+    bad = [u for u in wanted if not 0 <= u < count]
+    if bad:
+        raise ConfigError(f"{where}: {what} {bad[:5]} out of range; this has {count} {what}, use 0..{count - 1}")
+
+
+def _check_featvis(config: dict) -> None:
+    """Featvis labels name registered methods with valid params; experiments name labels, models and layers."""
+    labels = list(config.get("featvis") or {})
+    for label in labels:
+        registry_name, params = featvis_spec(config, label)
+        _known("featvis method", registry_name, featvis.FEATVIS.names(), f"featvis.{label}")
+        try:
+            featvis.get(registry_name, **params)
+        except VislibError as exc:
+            raise ConfigError(f"featvis.{label}: {exc}") from None
+    for exp_name, exp in config["experiments"].items():
+        block = exp.get("featvis")
+        if not block:
+            continue
+        where = f"experiments.{exp_name}.featvis"
+        for label in block["methods"]:
+            _known("featvis method", label, labels, f"{where}.methods (configured under `featvis:`)")
+        sources = {unit_source(featvis_spec(config, label)[0]) for label in block["methods"]}
+        for model, layers in block["models"].items():
+            _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
+            spec = config["models"][model]
+            arch, num_classes = spec["arch"], spec.get("num_classes")
+            valid_layers = list(_layers_of(arch, num_classes))
+            for layer in layers:
+                _known(f"layer of {arch}", layer, valid_layers, f"{where}.models.{model}")
+                if "channels" in sources and "channels" in block:
+                    shape = _output_shape(arch, num_classes, layer)
+                    _check_units(block["channels"], shape[1], f"{where}.channels ({model} {layer})", "channels")
+            if "classes" in sources and "classes" in block:
+                n_classes = _output_shape(arch, num_classes, None)[1]
+                _check_units(block["classes"], n_classes, f"{where}.classes ({model})", "classes")
+
+
+def _check_lavise(config: dict) -> None:
+    """LaViSE settings are usable and every experiment's LaViSE layer is a known layer with the filters named."""
+    blocks = {name: exp["lavise"] for name, exp in config["experiments"].items() if exp.get("lavise")}
+    if not blocks and config.get("lavise") is None:
+        return
+    settings = lavise_settings(config.get("lavise"))
+    check_settings(settings)
+    for exp_name, block in blocks.items():
+        where = f"experiments.{exp_name}.lavise"
+        for model, layers in block["models"].items():
+            _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
+            spec = config["models"][model]
+            arch, num_classes = spec["arch"], spec.get("num_classes")
+            valid_layers = list(_layers_of(arch, num_classes))
+            for layer in layers:
+                _known(f"layer of {arch}", layer, valid_layers, f"{where}.models.{model}")
+                shape = _output_shape(arch, num_classes, layer)
+                if len(shape) != 4:
+                    raise ConfigError(f"{where}.models.{model}: layer {layer!r} outputs shape {shape}, which has no "
+                                      "spatial maps; LaViSE needs a convolutional layer")
+                _check_units(filter_list(settings), shape[1], f"lavise.filters ({model} {layer})", "filters")

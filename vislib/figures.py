@@ -1,4 +1,5 @@
-"""Figures: overlay grids (rows images, columns methods), metric bar charts with CIs, sanity curves."""
+"""Figures: overlay grids (rows images, columns methods), metric bar charts with CIs, sanity curves,
+feature-visualization grids."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from vislib.io import atomic_path  # noqa: E402
+from vislib.io import FeatVisShard, atomic_path  # noqa: E402
 
 
 def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str, np.ndarray],
@@ -109,6 +110,46 @@ def sanity_curves(path: str | os.PathLike, curves: pd.DataFrame, title: str = ""
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def featvis_grid(path: str | os.PathLike, shards: Sequence[FeatVisShard], title: str = "", columns: int = 8,
+                 cell_inches: float = 1.5) -> None:
+    """Save the synthesised images of a method's shards in a grid, under the start images where the
+    method has them, with every image's loss curve in a panel below."""
+    images = np.concatenate([s.images for s in shards]).transpose(0, 2, 3, 1).clip(0, 1)
+    labels = [label for s in shards for label in s.labels]
+    starts = None
+    if all("start_images" in s.extras for s in shards):
+        starts = np.concatenate([s.extras["start_images"] for s in shards]).transpose(0, 2, 3, 1).clip(0, 1)
+    curves = np.concatenate([s.loss_curve for s in shards], axis=1)
+    n_cols = max(1, min(columns, len(images)))
+    blocks = -(-len(images) // n_cols)
+    per_block = 2 if starts is not None else 1
+    n_rows = blocks * per_block
+    fig = plt.figure(figsize=(cell_inches * n_cols, cell_inches * n_rows + 1.8 + 0.4))
+    grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1.0] * n_rows + [1.8 / cell_inches])
+    for i, image in enumerate(images):
+        block, col = divmod(i, n_cols)
+        rows = [(starts[i], "start"), (image, labels[i])] if starts is not None else [(image, labels[i])]
+        for offset, (pixels, caption) in enumerate(rows):
+            ax = fig.add_subplot(grid[block * per_block + offset, col])
+            ax.imshow(pixels, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(caption[:28], fontsize=6)
+    curve_ax = fig.add_subplot(grid[n_rows, :])
+    steps = np.arange(1, len(curves) + 1)
+    for k in range(curves.shape[1]):
+        curve_ax.plot(steps, curves[:, k], lw=0.7, alpha=0.6, color=f"C{k % 10}")
+    curve_ax.set_xlabel("iteration (all octaves)", fontsize=7)
+    curve_ax.set_ylabel("loss", fontsize=7)
+    curve_ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -48,6 +48,11 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
+def read_image_list(path: str | os.PathLike) -> list[int]:
+    """Image ids of an image list (one per line, as the image_list rule writes them)."""
+    return [int(line) for line in Path(path).read_text().split()]
+
+
 @dataclass
 class HeatmapShard:
     """The maps one explain job produced for a shard of images (the heatmap-shard contract)."""
@@ -110,8 +115,9 @@ def _git_commit() -> str:
 
 def provenance(config: object = None, device: str = "cpu") -> dict[str, str]:
     """Key-value metadata that says how a table was made."""
+    from importlib.metadata import version
+
     import torch
-    import torchvision
 
     import vislib
 
@@ -120,7 +126,9 @@ def provenance(config: object = None, device: str = "cpu") -> dict[str, str]:
         "git_commit": _git_commit(),
         "config_hash": config_hash(config) if config is not None else "",
         "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        # The installed distribution's version: importing torchvision only to read it costs every
+        # evaluate job seconds (torchvision pulls in torch._dynamo).
+        "torchvision_version": version("torchvision"),
         "python_version": platform.python_version(),
         "device": device,
     }
@@ -140,3 +148,47 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The vislib key-value metadata of a Parquet file."""
     meta = pq.read_schema(path).metadata or {}
     return {k.decode()[len("vislib."):]: v.decode() for k, v in meta.items() if k.startswith(b"vislib.")}
+
+
+@dataclass
+class FeatVisShard:
+    """The images one feature-visualization job synthesised, with what each shows (numpy, torch-free)."""
+
+    method: str  # config label of the method
+    layer: str  # layer visualised ("logits" for class images)
+    images: np.ndarray  # float32 [N,3,H,W] RGB in [0,1]
+    units: np.ndarray  # int64 [N] channel, class or cluster; -1 = the whole layer
+    labels: list[str]  # one readable line per image
+    loss_curve: np.ndarray  # float32 [T,N] per-image loss at every iteration
+    image_ids: np.ndarray  # int64 [N] dataset image each result started from; -1 = noise or a cluster
+    seconds: float  # wall time of the method over the shard
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def save_featvis_shard(path: str | os.PathLike, shard: FeatVisShard) -> None:
+    """Write a feature-visualization shard atomically (.npz)."""
+    arrays = {
+        "method": np.array(shard.method), "layer": np.array(shard.layer),
+        "images": shard.images.astype(np.float32), "units": shard.units.astype(np.int64),
+        "labels": np.array(shard.labels, dtype=np.str_), "loss_curve": shard.loss_curve.astype(np.float32),
+        "image_ids": shard.image_ids.astype(np.int64), "seconds": np.float64(shard.seconds),
+    }
+    arrays.update({f"extra_{k}": v for k, v in shard.extras.items()})
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_featvis_shard(path: str | os.PathLike) -> FeatVisShard:
+    """Read a feature-visualization shard written by `save_featvis_shard`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            extras = {k[len("extra_"):]: data[k] for k in data.files if k.startswith("extra_")}
+            return FeatVisShard(
+                method=str(data["method"]), layer=str(data["layer"]), images=data["images"],
+                units=data["units"], labels=[str(x) for x in data["labels"]], loss_curve=data["loss_curve"],
+                image_ids=data["image_ids"], seconds=float(data["seconds"]), extras=extras,
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"feature-visualization shard {str(path)!r} is unreadable ({exc}); "
+                        "delete it to recompute") from exc

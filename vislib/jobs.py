@@ -1,20 +1,29 @@
-"""One function per workflow job, so the Snakemake glue scripts only pass paths and params."""
+"""One function per workflow job, so the Snakemake glue scripts only pass paths and params.
+
+Every job is a fresh Python process, so start-up is paid per job: modules only some jobs need
+(pandas via vislib.aggregate, matplotlib via vislib.figures) are imported inside those jobs' functions.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from vislib import models
-from vislib.aggregate import aggregate
 from vislib.data import DATASETS, open_dataset
-from vislib.figures import overlay_grid
-from vislib.io import load_shard, provenance, save_shard, write_json, write_parquet, write_text
+from vislib.io import (
+    load_shard,
+    provenance,
+    read_image_list,
+    save_shard,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from vislib.methods import to_image_maps
 from vislib.metrics import target_boxes
 from vislib.pipeline import evaluate_shard, explain_shard, resolve_device, select_images, shard_ids
@@ -36,11 +45,6 @@ def write_image_list(dataset: dict[str, Any], name: str, out: str) -> None:
     ids = select_images(ds, dataset.get("limit"))
     write_text(out, "".join(f"{i}\n" for i in ids))
     log.info("%d images listed for %s", len(ids), name)
-
-
-def read_image_list(path: str) -> list[int]:
-    """Ids written by `write_image_list`."""
-    return [int(line) for line in Path(path).read_text().split()]
 
 
 def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
@@ -113,6 +117,8 @@ def evaluate(heatmaps: str, metrics: dict[str, tuple[str, dict]], model: dict, d
 def aggregate_experiment(files: list[str], outputs: dict[str, str], experiment: str,
                          experiment_config: dict, device: str) -> None:
     """Aggregate an experiment's metric shards into its tables."""
+    from vislib.aggregate import aggregate
+
     meta = provenance(experiment_config, str(resolve_device(device)))
     meta["experiment_config"] = json.dumps(experiment_config, sort_keys=True, default=str)
     aggregate(files, outputs["metrics"], outputs["summary"], outputs["summary_md"], meta, title=experiment)
@@ -121,6 +127,8 @@ def aggregate_experiment(files: list[str], outputs: dict[str, str], experiment: 
 def figure_grid(heatmaps: list[str], methods: list[str], n_images: int, model: dict, dataset: dict,
                 layer: str, title: str, out: str) -> None:
     """Draw the first images of the first shard with every method's map and the target boxes."""
+    from vislib.figures import overlay_grid
+
     shards = [load_shard(p) for p in heatmaps]
     ids = [int(i) for i in shards[0].image_ids[:n_images]]
     preprocessing = models.load(model["arch"], "random", num_classes=model.get("num_classes")).vislib_preprocessing

@@ -9,12 +9,12 @@ import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import torchvision
 from PIL import Image
 
 from vislib.data.cocoformat import CocoWriter
 from vislib.data.download import extract
 from vislib.errors import DataError
+from vislib.models.registry import imagenet_class_names
 
 WHERE = ("ImageNet cannot be downloaded automatically: register at https://image-net.org/download-images.php "
          "(ILSVRC2012_img_val.tar, ILSVRC2012_bbox_val_v3.tgz) or take LOC_val_solution.csv and "
@@ -108,7 +108,7 @@ def prepare_imagenet_val(root: str | os.PathLike, archive: str | None = None, bo
     wnids = _wnid_order(synsets_path, per_image)
     index = {w: i for i, w in enumerate(wnids)}
     # torchvision's class names are unique (its duplicates such as the two cranes were renamed).
-    names = list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    names = imagenet_class_names()
     image_dir = root / "images" / "val"
     extract(archive_path, image_dir)
     writer = CocoWriter(root, "val", names)

@@ -6,11 +6,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import skimage.data
-import torchvision
 from PIL import Image
 
 from vislib.data.cocoformat import CocoWriter
+from vislib.models.registry import imagenet_class_names
 
 # Skipped skimage.data images: `cat` is the same photo as `chelsea`; `astronaut` shows a person, which
 # ImageNet has no class for; `horse` is a binary silhouette; `immunohistochemistry`, `hubble_deep_field`
@@ -19,9 +18,12 @@ from vislib.data.cocoformat import CocoWriter
 
 def write_photos(root: str | Path) -> dict[str, int]:
     """Write images/val/*.png, annotations/instances_val.json and index_val.csv under `root`."""
+    # Imported here: vislib.data is imported by every workflow job, only this one needs scikit-image.
+    import skimage.data
+
     root = Path(root)
     # Labels and box categories share the ImageNet space so boxes map onto a pretrained net's classes.
-    imagenet = list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    imagenet = imagenet_class_names()
     photos = json.loads(resources.files("vislib.data").joinpath("photos.json").read_text())["photos"]
     image_dir = root / "images" / "val"
     image_dir.mkdir(parents=True, exist_ok=True)

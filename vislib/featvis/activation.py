@@ -96,6 +96,7 @@ class FilterVisualization(_UnitMaximiser):
     """
 
     name = "filter_visualization"
+    unit_source = "channels"
     defaults = {
         **ENGINE_DEFAULTS, "objective": "channel", "size": 0, "init_std": 0.1, "seed": 0,
         "iterations": 24, "lr": 0.02, "lr_end": 0.005, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,
@@ -125,6 +126,7 @@ class DeepDream(_UnitMaximiser):
     """Deep dream: amplify a layer's activations (or given channels) in photos, octave by octave."""
 
     name = "deep_dream"
+    unit_source = "images"
     defaults = {
         **ENGINE_DEFAULTS, "objective": "channel", "seed": 0,
         "iterations": 10, "lr": 0.01, "lr_end": 0.01, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,

@@ -37,6 +37,9 @@ class FeatVisMethod(ABC):
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # What a workflow job hands out as units: "channels" of the layer, "classes" of the logits,
+    # "images" to start from (one result per image), or "clusters" of an image set.
+    unit_source: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

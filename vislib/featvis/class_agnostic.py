@@ -15,9 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage.restoration import denoise_tv_bregman
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 from torch import nn
 
 from vislib.errors import ConfigError, DataError
@@ -107,6 +104,9 @@ def gaussian_centre_mask(size: int, sigma: float, device: torch.device | str = "
 
 def tv_denoise(images: torch.Tensor, weight: float) -> torch.Tensor:
     """Split-Bregman TV denoising of a [N,3,H,W] batch in [0,1] (smaller weight: stronger smoothing)."""
+    # skimage.restoration pulls in scipy.stats (about a second); only class_agnostic jobs need it.
+    from skimage.restoration import denoise_tv_bregman
+
     arrays = images.detach().permute(0, 2, 3, 1).cpu().double().numpy()
     denoised = np.stack([denoise_tv_bregman(a, weight=weight, max_num_iter=100, eps=1e-3, channel_axis=-1)
                          for a in arrays])
@@ -119,6 +119,7 @@ class ClassAgnostic(FeatVisMethod):
     pooled activation (robust distance) and its top channels (dot product), L1-penalise a layer."""
 
     name = "class_agnostic"
+    unit_source = "clusters"
     defaults = {
         "num_clusters": 4, "top_channels": 50, "images_per_cluster": 10, "penalty_layer": "",
         "image_size": 0, "tsne": False, "seed": 0, "blur_every": 10, "momentum": 0.9,
@@ -202,6 +203,10 @@ class ClassAgnostic(FeatVisMethod):
 
     def _cluster(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         """KMeans over a PCA (optionally t-SNE) embedding; per cluster the closest images and softmax(1/d)."""
+        # sklearn takes seconds to import; importing it here spares every other featvis job that cost.
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import PCA
+
         seed, k = self.params["seed"], self.params["num_clusters"]
         features = pooled.double().cpu().numpy()
         count = features.shape[0]

@@ -23,6 +23,7 @@ class ClassImage(FeatVisMethod):
     """
 
     name = "class_image"
+    unit_source = "classes"
     defaults = {
         **ENGINE_DEFAULTS, "regularized": True, "size": 0, "init_std": 0.1, "seed": 0,
         "iterations": 24, "lr": 0.02, "lr_end": 0.005, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,

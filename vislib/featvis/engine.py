@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from vislib.errors import LayerError
 from vislib.models.registry import preprocessing_of, resolve_layer
@@ -71,6 +70,10 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     k = min(blur_kernel_size(sigma), 2 * (min(images.shape[-2:]) // 2) - 1)
     if k < 3:
         return images
+    # Imported here: the Snakefile imports this module (through vislib.config) and torchvision would add
+    # seconds to every Snakemake start.
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.gaussian_blur(images, kernel_size=[k, k], sigma=[sigma, sigma])
 
 

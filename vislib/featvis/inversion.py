@@ -27,6 +27,7 @@ class Inversion(FeatVisMethod):
     """Inversion: min ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + alpha-norm + total variation (over H and W)."""
 
     name = "inversion"
+    unit_source = "images"
     defaults = {
         **ENGINE_DEFAULTS, "init_std": 0.1, "seed": 0,
         "iterations": 100, "lr": 0.02, "lr_end": 0.002, "optimizer": "normalized", "grad_pyramid": 4,

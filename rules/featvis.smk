@@ -1,0 +1,53 @@
+# Feature visualization: one job per experiment/model/layer/method/unit shard -> synthesised images with
+# their metadata (.npz); one grid per experiment/model/layer/method for the report.
+rule featvis:
+    input:
+        image_list=lambda w: Paths.image_list(experiment_dataset(w.experiment)),
+        weights=lambda w: weights_input(w.model),
+    output:
+        Paths.featvis_shard("{experiment}", "{model}", "{layer}", "{method}", "{shard}"),
+    params:
+        # Only what changes the images is a param, so editing one method reruns only its jobs.
+        method=lambda w: featvis_spec(config, w.method),
+        settings=lambda w: featvis_settings(w.experiment, w.method),
+        model=lambda w: model_spec(w.model),
+        dataset=lambda w: dataset_spec(experiment_dataset(w.experiment)),
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/featvis/{experiment}/{model}/{layer}/{method}/shard_{shard}.log",
+    benchmark:
+        "benchmarks/runs/featvis/{experiment}/{model}/{layer}/{method}/shard_{shard}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/featvis.py"
+
+
+rule featvis_grid:
+    input:
+        featvis_shards,
+    output:
+        report(
+            Paths.featvis_grid("{experiment}", "{model}", "{layer}", "{method}"),
+            caption="../report/featvis.rst",
+            category="{experiment}",
+            subcategory="Feature visualization",
+        ),
+    log:
+        "logs/featvis_grid/{experiment}/{model}/{layer}/{method}.log",
+    benchmark:
+        "benchmarks/runs/featvis_grid/{experiment}/{model}/{layer}/{method}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/featvis_grid.py"

@@ -1,0 +1,240 @@
+"""LaViSE workflow jobs: settings, the seeded word table, feature caches, training with resume, filter
+groups and recall@k against baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from vislib import models
+from vislib.data.cocoformat import read_coco_split
+from vislib.errors import ConfigError
+from vislib.io import provenance, read_image_list, write_parquet, write_text
+from vislib.lavise.embeddings import (
+    SHAPES_DISTRACTORS,
+    WordEmbeddings,
+    load_glove,
+    seeded_embeddings,
+    write_glove,
+)
+from vislib.lavise.features import cache_features
+from vislib.lavise.infer import (
+    INPUT_METHODS,
+    FilterAnalysis,
+    analyze_filters,
+    explain_filters,
+    filter_figure,
+    recall_at_k,
+)
+from vislib.lavise.targets import ConceptTargets, coco_targets, split_category
+from vislib.lavise.train import TrainSettings, train_explainer
+from vislib.pipeline import resolve_device
+from vislib.registry import unknown_name_message
+
+log = logging.getLogger(__name__)
+
+SEEDED = "seeded"
+"""`embeddings` value that asks for a seeded random table over the dataset's concept words."""
+
+SETTING_DEFAULTS: dict[str, Any] = {
+    "embeddings": SEEDED, "embedding_dim": 50, "embedding_seed": 0,
+    "train_split": "train", "train_images": None, "feature_batch_size": 64,
+    "epochs": 10, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, "margin": 1.0, "dropout": 0.1,
+    "val_fraction": 0.1, "seen_fraction": 1.0, "seed": 0,
+    "input_method": "projection", "filters": 32, "filters_per_group": 16, "p": 25, "top_words": 20,
+    "words_per_image": 5, "words_per_filter": 10, "quantile": 0.995, "iou_threshold": 0.04,
+    "recall_k": [5, 10, 20], "baseline_draws": 200, "figure_images": 5,
+}
+"""Defaults of the top-level `lavise:` block (the paper's values where it has them)."""
+
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "margin", "dropout", "val_fraction", "seen_fraction",
+              "seed")
+FEATURE_KEYS = ("train_split", "train_images", "feature_batch_size")
+INFER_KEYS = ("input_method", "p", "top_words", "words_per_image", "words_per_filter", "quantile", "iou_threshold",
+              "figure_images")
+RECALL_KEYS = ("recall_k", "baseline_draws", "seed")
+BASELINES = ("random", "prior")
+
+
+def lavise_settings(block: dict[str, Any] | None) -> dict[str, Any]:
+    """The `lavise:` block with defaults for every key it leaves out."""
+    return {**SETTING_DEFAULTS, **(block or {})}
+
+
+def subset(settings: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """Only `keys` of the settings: what one rule's outputs depend on."""
+    return {key: settings[key] for key in keys}
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Reject settings no LaViSE run can use; messages name the `lavise.` key and what is valid."""
+    if settings["input_method"] not in INPUT_METHODS:
+        raise ConfigError("lavise.input_method: " + unknown_name_message(
+            "LaViSE input method", settings["input_method"], list(INPUT_METHODS)))
+    try:
+        TrainSettings(**{k: settings[k] for k in TRAIN_KEYS if k != "epochs"}).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"lavise: {exc}") from None
+    if not 0 < settings["quantile"] < 1:
+        raise ConfigError(f"lavise.quantile: {settings['quantile']} must be in (0, 1) (0.995 in the paper)")
+    top = settings["top_words"]
+    if settings["words_per_image"] > top:
+        raise ConfigError(f"lavise.words_per_image: {settings['words_per_image']} exceeds lavise.top_words ({top}), "
+                          "the words ranked per image; lower it or raise top_words")
+    too_large = [k for k in settings["recall_k"] if k > top]
+    if too_large:
+        raise ConfigError(f"lavise.recall_k: {too_large} exceed lavise.top_words ({top}), the words ranked per "
+                          f"image; use k <= {top} or raise top_words")
+    embeddings = settings["embeddings"]
+    if embeddings != SEEDED and not str(embeddings).strip():
+        raise ConfigError(f"lavise.embeddings: give {SEEDED!r} or the path of a GloVe-format word file")
+
+
+def filter_list(settings: dict[str, Any]) -> list[int]:
+    """The filters to name: a count n means filters 0..n-1, a list those filters."""
+    value = settings["filters"]
+    return list(range(value)) if isinstance(value, int) else [int(u) for u in value]
+
+
+def filter_groups(settings: dict[str, Any]) -> list[list[int]]:
+    """The filters split into groups of `filters_per_group`: one inference job and one figure each."""
+    filters, size = filter_list(settings), settings["filters_per_group"]
+    return [filters[i:i + size] for i in range(0, len(filters), size)]
+
+
+def group_count(settings: dict[str, Any]) -> int:
+    """How many filter groups the settings make."""
+    return max(1, math.ceil(len(filter_list(settings)) / settings["filters_per_group"]))
+
+
+def dataset_words(root: str | os.PathLike, splits: Sequence[str]) -> list[str]:
+    """Concept words of a COCO-format dataset: category name tokens and attribute words, sorted."""
+    words: set[str] = set()
+    for split in dict.fromkeys(splits):
+        records, _, categories = read_coco_split(root, split)
+        words.update(t for name in categories for t in split_category(name))
+        words.update(a.lower() for rec in records.values() for attrs in rec.attributes for a in attrs)
+    return sorted(words)
+
+
+def write_seeded_table(root: str | os.PathLike, splits: Sequence[str], dim: int, seed: int,
+                       out: str | os.PathLike) -> WordEmbeddings:
+    """A GloVe-format table of seeded random vectors over the dataset's concept words plus distractor words.
+
+    The distractors are words that are no concept of the dataset, so a ranking has wrong answers to avoid.
+    """
+    concepts = dataset_words(root, splits)
+    table = seeded_embeddings(concepts + [w for w in SHAPES_DISTRACTORS if w not in concepts], dim, seed)
+    write_glove(out, table)
+    log.info("seeded table: %d concept words + %d distractors, D=%d", len(concepts), len(table) - len(concepts), dim)
+    return table
+
+
+def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
+    """The backbone a workflow model spec (arch, weights, num_classes) describes."""
+    return models.load(spec["arch"], spec["weights"], resolve_device(device), num_classes=spec.get("num_classes"))
+
+
+def _only(targets: ConceptTargets, image_ids: Sequence[int] | None, limit: int | None) -> ConceptTargets:
+    images = targets.images
+    if image_ids is not None:
+        keep = set(int(i) for i in image_ids)
+        images = [img for img in images if img.image_id in keep]
+    if limit:
+        images = images[:limit]
+    return dataclasses.replace(targets, images=images)
+
+
+def cache_job(model: dict[str, Any], layer: str, dataset: dict[str, Any], settings: dict[str, Any],
+              image_list: str, embeddings: str, device: str, out_dir: str) -> None:
+    """Cache the layer's features of the training images (`train/`) and of the listed reference images
+    (`reference/`, the experiment's image list)."""
+    table = load_glove(embeddings)
+    net = load_model(model, device)
+    train = _only(coco_targets(dataset["root"], settings["train_split"], table), None, settings["train_images"])
+    reference = _only(coco_targets(dataset["root"], dataset["split"], table), read_image_list(image_list), None)
+    for name, targets in (("train", train), ("reference", reference)):
+        cache = cache_features(net, layer, targets, Path(out_dir) / name, batch_size=settings["feature_batch_size"],
+                               device=resolve_device(device))
+        log.info("%s: %d images, %d items", name, cache.meta["images"], cache.meta["items"])
+
+
+def partial_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """Where training keeps its per-epoch checkpoint until it finishes; a rerun resumes from it."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".partial")
+
+
+def train_job(features_dir: str, embeddings: str, settings: dict[str, Any], device: str, checkpoint: str,
+              history: str) -> pd.DataFrame:
+    """Train the explainer on the cached training features; resume an interrupted run of the same settings.
+
+    The workflow deletes a job's outputs before it runs, so the per-epoch checkpoint lives beside the
+    output and is moved onto it only when every epoch is done.
+    """
+    partial = partial_checkpoint(checkpoint)
+    if partial.exists():
+        log.info("resuming from %s", partial)
+    curve = train_explainer(Path(features_dir) / "train", embeddings, partial, device=resolve_device(device),
+                            log_path=history, resume=True, **subset(settings, TRAIN_KEYS))
+    os.replace(partial, checkpoint)
+    log.info("trained %d epochs; last: %s", len(curve), curve.iloc[-1].to_dict())
+    return curve
+
+
+def infer_job(features_dir: str, checkpoint: str, embeddings: str, filters: Sequence[int], settings: dict[str, Any],
+              model: dict[str, Any], experiment: str, device: str, analysis_out: str, words_out: str,
+              figure_out: str) -> None:
+    """Name one group of filters: their analysis (.npz), top words (Parquet) and figure (top regions, words)."""
+    net = load_model(model, device) if settings["input_method"] == "image" else None
+    analysis = analyze_filters(Path(features_dir) / "reference", checkpoint, embeddings, filters=list(filters),
+                               method=settings["input_method"], p=settings["p"], top_words=settings["top_words"],
+                               quantile=settings["quantile"], iou_threshold=settings["iou_threshold"], model=net,
+                               device=resolve_device(device))
+    analysis.save(analysis_out)
+    words = explain_filters(analysis, s=settings["words_per_image"], n_words=settings["words_per_filter"])
+    words.insert(0, "experiment", experiment)
+    write_parquet(words_out, pa.Table.from_pandas(words, preserve_index=False),
+                  provenance(settings, str(resolve_device(device))))
+    filter_figure(analysis, figure_out, n_images=settings["figure_images"], n_words=min(5, settings["words_per_filter"]),
+                  s=settings["words_per_image"])
+    log.info("filters %s: %d (filter, image) pairs", list(filters), len(analysis.pair_filter))
+
+
+def recall_markdown(recall: pd.DataFrame, words: pd.DataFrame, title: str) -> str:
+    """Recall@k per ranking (explainer and baselines) as markdown tables, then the top words of each filter."""
+    lines = [f"# LaViSE recall@k: {title}", ""]
+    for concepts, part in recall.groupby("concepts", sort=False):
+        wide = part.pivot_table(index="ranking", columns="k", values="recall", sort=False).round(3)
+        wide.columns = [f"R@{k}" for k in wide.columns]
+        wide["pairs"] = part.groupby("ranking", sort=False)["pairs"].first()
+        lines += [f"## {concepts} concepts", "", wide.reset_index().to_markdown(index=False), ""]
+    top = words.sort_values(["filter", "rank"]).groupby("filter")["word"].apply(lambda w: ", ".join(w.head(5)))
+    lines += ["## Top words per filter", "", top.reset_index().rename(columns={"word": "top words"})
+              .to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
+def recall_job(analyses: Sequence[str], words: Sequence[str], settings: dict[str, Any], experiment: str,
+               recall_out: str, markdown_out: str, words_out: str) -> pd.DataFrame:
+    """Recall@k of the explainer and the baselines over all filter groups; the combined words table."""
+    merged = FilterAnalysis.concat([FilterAnalysis.load(p) for p in analyses])
+    recall = recall_at_k(merged, ks=settings["recall_k"], baselines=BASELINES, seed=settings["seed"],
+                         random_draws=settings["baseline_draws"])
+    recall.insert(0, "experiment", experiment)
+    table = pd.concat([pd.read_parquet(p) for p in words], ignore_index=True)
+    meta = provenance(settings)
+    write_parquet(recall_out, pa.Table.from_pandas(recall, preserve_index=False), meta)
+    write_parquet(words_out, pa.Table.from_pandas(table, preserve_index=False), meta)
+    write_text(markdown_out, recall_markdown(recall, table, f"{experiment}: {merged.model} / {merged.layer} "
+                                                          f"({merged.method}, {len(merged.filters)} filters)"))
+    return recall
