@@ -30,7 +30,12 @@ def test_presets_dry_run(tmp_path: Path) -> None:
         outputs = dict(zip(PRESETS, pool.map(dry_run, PRESETS), strict=True))
     for preset, out in outputs.items():
         assert "prepare_dataset" in out and "aggregate" in out, f"{preset.name}: {out[-2000:]}"
-    l2caf = outputs[REPO / "config" / "presets" / "l2caf_imagenet.yaml"]
+    presets = REPO / "config" / "presets"
+    assert "featvis_grid" in outputs[presets / "featvis_imagenet.yaml"]
+    for lavise in ("lavise_coco", "lavise_vg"):
+        out = outputs[presets / f"{lavise}.yaml"]
+        assert all(rule in out for rule in ("glove", "lavise_features", "lavise_train", "lavise_recall")), out[-2000:]
+    l2caf = outputs[presets / "l2caf_imagenet.yaml"]
     for name in ("resnet50-0676ba61.pth", "googlenet-1378be20.pth", "densenet169-b2777c0a.pth"):
         assert f"resources/weights/hub/checkpoints/{name}" in l2caf
 
