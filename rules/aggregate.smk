@@ -18,6 +18,8 @@ rule aggregate:
         device=config["device"],
     log:
         "logs/aggregate/{experiment}.log",
+    benchmark:
+        "benchmarks/runs/aggregate/{experiment}.tsv"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
@@ -45,6 +47,8 @@ rule figure_grid:
         dataset=lambda w: dataset_spec(w.dataset),
     log:
         "logs/figure_grid/{experiment}/{dataset}/{model}/{layer}.log",
+    benchmark:
+        "benchmarks/runs/figure_grid/{experiment}/{dataset}/{model}/{layer}.tsv"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,

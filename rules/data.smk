@@ -32,6 +32,8 @@ checkpoint image_list:
         spec=lambda w: dataset_spec(w.dataset),
     log:
         "logs/image_list/{dataset}.log",
+    benchmark:
+        "benchmarks/runs/image_list/{dataset}.tsv"
     resources:
         # On SLURM the job's memory also holds the Snakemake process running it, which has imported torch
         # with this workflow (about 0.6 GB): 1000 MB was killed on a memory-enforcing cluster.
@@ -64,6 +66,8 @@ rule fetch_weights:
         url=lambda w: pretrained_weights()[w.file],
     log:
         "logs/fetch_weights/{file}.log",
+    benchmark:
+        "benchmarks/runs/fetch_weights/{file}.tsv"
     retries: 1
     resources:
         mem_mb=500,
@@ -86,6 +90,8 @@ rule glove:
         f"{GLOVE_DIR}/glove.6B.300d.txt",
     log:
         "logs/glove.log",
+    benchmark:
+        "benchmarks/runs/glove.tsv"
     retries: 1
     resources:
         mem_mb=500,

@@ -18,6 +18,8 @@ rule sanity:
         device=config["device"],
     log:
         "logs/sanity/{experiment}/{dataset}/{model}/{layer}/{method}.log",
+    benchmark:
+        "benchmarks/runs/sanity/{experiment}/{dataset}/{model}/{layer}/{method}.tsv"
     threads: 1
     resources:
         gpu=GPU,
@@ -41,6 +43,8 @@ rule sanity_figure:
         ),
     log:
         "logs/sanity_figure/{experiment}.log",
+    benchmark:
+        "benchmarks/runs/sanity_figure/{experiment}.tsv"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
@@ -62,6 +66,8 @@ rule metric_bars:
         ),
     log:
         "logs/metric_bars/{experiment}.log",
+    benchmark:
+        "benchmarks/runs/metric_bars/{experiment}.tsv"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,

@@ -111,3 +111,13 @@ def test_every_cluster_rule_asks_for_more_memory_and_time_on_each_retry():
     fixed = [f"{name}: {line.strip()}" for name, body in rules if name not in local for line in body.splitlines()
              if re.match(r"\s+(mem_mb|runtime)=", line) and "attempt" not in line]
     assert not fixed, fixed
+
+
+def test_every_rule_that_runs_code_has_a_log_and_a_benchmark():
+    sources = "\n".join(path.read_text() for path in sorted((REPO / "rules").glob("*.smk")))
+    rules = re.findall(r"^(?:rule|checkpoint) (\w+):\n((?:    .*\n|\n)+?)(?=^\S|\Z)", sources, re.M)
+    working = [(name, body) for name, body in rules if re.search(r"^    (script|run|shell):", body, re.M)]
+    assert len(working) > 15
+    missing = [f"{name}: {part}" for name, body in working for part in ("log:", "benchmark:", "resources:")
+               if f"\n    {part}" not in f"\n{body}"]
+    assert not missing, missing

@@ -115,6 +115,32 @@ def _known(kind: str, name: str, valid: list[str], where: str) -> None:
         raise ConfigError(f"{where}: {unknown_name_message(kind, name, valid)}")
 
 
+def _check_labels(kind: str, section: str, specs: dict[str, tuple[str, dict[str, Any]]], registry, build) -> None:
+    """Each configured label names an entry of `registry` that `build(name, **params)` accepts the params of
+    ({label: (name, params)})."""
+    for label, (registry_name, params) in specs.items():
+        _known(kind, registry_name, registry.names(), f"{section}.{label}")
+        try:
+            build(registry_name, **params)
+        except VislibError as exc:
+            raise ConfigError(f"{section}.{label}: {exc}") from None
+
+
+def _checked_layers(config: dict, models_block: dict[str, list[str]],
+                    where: str) -> list[tuple[str, str, int | None, str]]:
+    """(model, arch, num_classes, layer) of every layer an experiment block names, after checking each exists."""
+    checked = []
+    for model, layers in models_block.items():
+        _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
+        spec = config["models"][model]
+        arch, num_classes = spec["arch"], spec.get("num_classes")
+        valid_layers = list(_layers_of(arch, num_classes))
+        for layer in layers:
+            _known(f"layer of {arch}", layer, valid_layers, f"{where}.models.{model}")
+            checked.append((model, arch, num_classes, layer))
+    return checked
+
+
 def check_config(config: dict) -> None:
     """Fail before any job runs if the config names an unknown model, layer, method, metric, dataset or
     featvis method, or has LaViSE settings no run can use."""
@@ -124,20 +150,10 @@ def check_config(config: dict) -> None:
         _known("model", spec["arch"], models.MODELS.names(), f"models.{name}.arch")
         if "train" in spec:
             _known("dataset", spec["train"]["dataset"], list(config["datasets"]), f"models.{name}.train.dataset")
-    for label in config["methods"]:
-        registry_name, params = method_spec(config, label)
-        _known("method", registry_name, methods.METHODS.names(), f"methods.{label}")
-        try:
-            methods.get(registry_name, **params)
-        except VislibError as exc:
-            raise ConfigError(f"methods.{label}: {exc}") from None
-    for label in config["metrics"]:
-        registry_name, params = metric_spec(config, label)
-        _known("metric", registry_name, metrics.METRICS.names(), f"metrics.{label}")
-        try:
-            metrics.get(registry_name, **params)
-        except VislibError as exc:
-            raise ConfigError(f"metrics.{label}: {exc}") from None
+    _check_labels("method", "methods", {label: method_spec(config, label) for label in config["methods"]},
+                  methods.METHODS, methods.get)
+    _check_labels("metric", "metrics", {label: metric_spec(config, label) for label in config["metrics"]},
+                  metrics.METRICS, metrics.get)
     for exp_name, exp in config["experiments"].items():
         where = f"experiments.{exp_name}"
         _known("dataset", exp["dataset"], list(config["datasets"]), f"{where}.dataset")
@@ -145,12 +161,7 @@ def check_config(config: dict) -> None:
             _known("method", method, list(config["methods"]), f"{where}.methods (configured under `methods:`)")
         for metric in exp["metrics"]:
             _known("metric", metric, list(config["metrics"]), f"{where}.metrics (configured under `metrics:`)")
-        for model, layers in exp["models"].items():
-            _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
-            spec = config["models"][model]
-            valid_layers = list(_layers_of(spec["arch"], spec.get("num_classes")))
-            for layer in layers:
-                _known(f"layer of {spec['arch']}", layer, valid_layers, f"{where}.models.{model}")
+        _checked_layers(config, exp["models"], where)
     _check_featvis(config)
     _check_lavise(config)
 
@@ -165,13 +176,8 @@ def _check_units(indices: int | list[int], count: int, where: str, what: str) ->
 def _check_featvis(config: dict) -> None:
     """Featvis labels name registered methods with valid params; experiments name labels, models and layers."""
     labels = list(config.get("featvis") or {})
-    for label in labels:
-        registry_name, params = featvis_spec(config, label)
-        _known("featvis method", registry_name, featvis.FEATVIS.names(), f"featvis.{label}")
-        try:
-            featvis.get(registry_name, **params)
-        except VislibError as exc:
-            raise ConfigError(f"featvis.{label}: {exc}") from None
+    _check_labels("featvis method", "featvis", {label: featvis_spec(config, label) for label in labels},
+                  featvis.FEATVIS, featvis.get)
     for exp_name, exp in config["experiments"].items():
         block = exp.get("featvis")
         if not block:
@@ -180,18 +186,14 @@ def _check_featvis(config: dict) -> None:
         for label in block["methods"]:
             _known("featvis method", label, labels, f"{where}.methods (configured under `featvis:`)")
         sources = {unit_source(featvis_spec(config, label)[0]) for label in block["methods"]}
-        for model, layers in block["models"].items():
-            _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
-            spec = config["models"][model]
-            arch, num_classes = spec["arch"], spec.get("num_classes")
-            valid_layers = list(_layers_of(arch, num_classes))
-            for layer in layers:
-                _known(f"layer of {arch}", layer, valid_layers, f"{where}.models.{model}")
-                if "channels" in sources and "channels" in block:
-                    shape = _output_shape(arch, num_classes, layer)
-                    _check_units(block["channels"], shape[1], f"{where}.channels ({model} {layer})", "channels")
-            if "classes" in sources and "classes" in block:
-                n_classes = _output_shape(arch, num_classes, None)[1]
+        for model, arch, num_classes, layer in _checked_layers(config, block["models"], where):
+            if "channels" in sources and "channels" in block:
+                shape = _output_shape(arch, num_classes, layer)
+                _check_units(block["channels"], shape[1], f"{where}.channels ({model} {layer})", "channels")
+        if "classes" in sources and "classes" in block:
+            for model in block["models"]:
+                spec = config["models"][model]
+                n_classes = _output_shape(spec["arch"], spec.get("num_classes"), None)[1]
                 _check_units(block["classes"], n_classes, f"{where}.classes ({model})", "classes")
 
 
@@ -204,15 +206,9 @@ def _check_lavise(config: dict) -> None:
     check_settings(settings)
     for exp_name, block in blocks.items():
         where = f"experiments.{exp_name}.lavise"
-        for model, layers in block["models"].items():
-            _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
-            spec = config["models"][model]
-            arch, num_classes = spec["arch"], spec.get("num_classes")
-            valid_layers = list(_layers_of(arch, num_classes))
-            for layer in layers:
-                _known(f"layer of {arch}", layer, valid_layers, f"{where}.models.{model}")
-                shape = _output_shape(arch, num_classes, layer)
-                if len(shape) != 4:
-                    raise ConfigError(f"{where}.models.{model}: layer {layer!r} outputs shape {shape}, which has no "
-                                      "spatial maps; LaViSE needs a convolutional layer")
-                _check_units(filter_list(settings), shape[1], f"lavise.filters ({model} {layer})", "filters")
+        for model, arch, num_classes, layer in _checked_layers(config, block["models"], where):
+            shape = _output_shape(arch, num_classes, layer)
+            if len(shape) != 4:
+                raise ConfigError(f"{where}.models.{model}: layer {layer!r} outputs shape {shape}, which has no "
+                                  "spatial maps; LaViSE needs a convolutional layer")
+            _check_units(filter_list(settings), shape[1], f"lavise.filters ({model} {layer})", "filters")

@@ -17,6 +17,31 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from vislib.io import FeatVisShard, atomic_path  # noqa: E402
 
 
+def save_figure(fig, path: str | os.PathLike, title: str = "", title_size: int = 9, dpi: int = 100,
+                rect: tuple[float, float, float, float] | None = None) -> None:
+    """Title, lay out and write `fig` as PNG atomically (an interrupted run never leaves half a file), then
+    free it. `rect`: the part of the figure tight_layout may fill (room for a legend outside it)."""
+    if title:
+        fig.suptitle(title, fontsize=title_size)
+    fig.tight_layout(rect=rect)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def training_curve(path: str | os.PathLike, history: dict) -> None:
+    """Save a classifier's training curve: train loss and val accuracy per epoch."""
+    epochs = [c["epoch"] for c in history["curve"]]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(epochs, [c["train_loss"] for c in history["curve"]], label="train loss")
+    ax.set_xlabel("epoch")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [c["val_accuracy"] for c in history["curve"]], color="C1", label="val accuracy")
+    ax2.set_ylim(0, 1)
+    fig.legend(loc="center right")
+    save_figure(fig, path)
+
+
 def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str, np.ndarray],
                  boxes: Sequence[np.ndarray], row_titles: Sequence[str], title: str = "",
                  cell_inches: float = 1.8) -> None:
@@ -41,12 +66,7 @@ def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str,
                 ax.set_title("image" if c == 0 else list(maps)[c - 1], fontsize=8)
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title, dpi=110)
 
 
 def metric_bars(path: str | os.PathLike, summary: pd.DataFrame, title: str = "") -> None:
@@ -77,12 +97,7 @@ def metric_bars(path: str | os.PathLike, summary: pd.DataFrame, title: str = "")
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title, title_size=10, rect=(0, 0.06, 1, 1))
 
 
 def sanity_curves(path: str | os.PathLike, curves: pd.DataFrame, title: str = "") -> None:
@@ -108,12 +123,7 @@ def sanity_curves(path: str | os.PathLike, curves: pd.DataFrame, title: str = ""
         ax.set_ylabel("Spearman rank correlation", fontsize=8)
         ax.set_title(f"{model} / {layer}", fontsize=9)
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title, title_size=10)
 
 
 def featvis_grid(path: str | os.PathLike, shards: Sequence[FeatVisShard], title: str = "", columns: int = 8,
@@ -148,9 +158,4 @@ def featvis_grid(path: str | os.PathLike, shards: Sequence[FeatVisShard], title:
     curve_ax.set_xlabel("iteration (all octaves)", fontsize=7)
     curve_ax.set_ylabel("loss", fontsize=7)
     curve_ax.tick_params(labelsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title)

@@ -78,25 +78,32 @@ def save_shard(path: str | os.PathLike, shard: HeatmapShard) -> None:
         "failed_ids": shard.failed_ids.astype(np.int64),
         "failed_reasons": np.array(shard.failed_reasons, dtype=np.str_),
     }
-    arrays.update({f"extra_{k}": v for k, v in shard.extras.items()})
+    _save_npz(path, arrays, shard.extras)
+
+
+def _save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> None:
+    """Write `arrays` and `extras` (stored as `extra_<name>`) to one .npz, atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays, **{f"extra_{k}": v for k, v in extras.items()})
+
+
+def _load_npz(path: str | os.PathLike, what: str, build):
+    """`build(data, extras)` on the .npz at `path`; an unreadable file is a DataError naming `what` and the fix."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return build(data, {k[len("extra_"):]: data[k] for k in data.files if k.startswith("extra_")})
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{what} {str(path)!r} is unreadable ({exc}); delete it to recompute") from exc
 
 
 def load_shard(path: str | os.PathLike) -> HeatmapShard:
     """Read a heatmap shard written by `save_shard`."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            extras = {k[len("extra_"):]: data[k] for k in data.files if k.startswith("extra_")}
-            return HeatmapShard(
-                maps=data["maps"], image_ids=data["image_ids"], targets=data["targets"],
-                predicted=data["predicted"], seconds=float(data["seconds"]),
-                failed_ids=data["failed_ids"], failed_reasons=[str(r) for r in data["failed_reasons"]],
-                extras=extras,
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"heatmap shard {str(path)!r} is unreadable ({exc}); delete it to recompute") from exc
+    return _load_npz(path, "heatmap shard", lambda data, extras: HeatmapShard(
+        maps=data["maps"], image_ids=data["image_ids"], targets=data["targets"],
+        predicted=data["predicted"], seconds=float(data["seconds"]),
+        failed_ids=data["failed_ids"], failed_reasons=[str(r) for r in data["failed_reasons"]], extras=extras,
+    ))
 
 
 def config_hash(config: object) -> str:
@@ -173,22 +180,13 @@ def save_featvis_shard(path: str | os.PathLike, shard: FeatVisShard) -> None:
         "labels": np.array(shard.labels, dtype=np.str_), "loss_curve": shard.loss_curve.astype(np.float32),
         "image_ids": shard.image_ids.astype(np.int64), "seconds": np.float64(shard.seconds),
     }
-    arrays.update({f"extra_{k}": v for k, v in shard.extras.items()})
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    _save_npz(path, arrays, shard.extras)
 
 
 def load_featvis_shard(path: str | os.PathLike) -> FeatVisShard:
     """Read a feature-visualization shard written by `save_featvis_shard`."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            extras = {k[len("extra_"):]: data[k] for k in data.files if k.startswith("extra_")}
-            return FeatVisShard(
-                method=str(data["method"]), layer=str(data["layer"]), images=data["images"],
-                units=data["units"], labels=[str(x) for x in data["labels"]], loss_curve=data["loss_curve"],
-                image_ids=data["image_ids"], seconds=float(data["seconds"]), extras=extras,
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"feature-visualization shard {str(path)!r} is unreadable ({exc}); "
-                        "delete it to recompute") from exc
+    return _load_npz(path, "feature-visualization shard", lambda data, extras: FeatVisShard(
+        method=str(data["method"]), layer=str(data["layer"]), images=data["images"],
+        units=data["units"], labels=[str(x) for x in data["labels"]], loss_curve=data["loss_curve"],
+        image_ids=data["image_ids"], seconds=float(data["seconds"]), extras=extras,
+    ))

@@ -69,25 +69,9 @@ def train_model(arch: str, train: dict[str, Any], dataset: dict[str, Any], devic
 
 
 def _plot_curve(history: dict, path: str) -> None:
-    import matplotlib
+    from vislib.figures import training_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vislib.io import atomic_path
-
-    epochs = [c["epoch"] for c in history["curve"]]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(epochs, [c["train_loss"] for c in history["curve"]], label="train loss")
-    ax.set_xlabel("epoch")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [c["val_accuracy"] for c in history["curve"]], color="C1", label="val accuracy")
-    ax2.set_ylim(0, 1)
-    fig.legend(loc="center right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    training_curve(path, history)
 
 
 def explain(image_list: str, shard: int, shard_size: int, method: tuple[str, dict], model: dict, layer: str,

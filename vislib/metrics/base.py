@@ -25,6 +25,8 @@ class MetricInput:
     samples: list[Sample]
     model: nn.Module | None = None
     predicted: torch.Tensor | None = None  # int64 [N] the model's top-1 class, when recorded with the maps
+    # Results several metrics share (the forward passes of average drop and increase in confidence are the same).
+    shared: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass

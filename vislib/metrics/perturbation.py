@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vislib.errors import ConfigError
+from vislib.methods.base import fast_layout
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register
 
 BASELINES = ("zero", "blur", "mean")
@@ -54,7 +55,7 @@ def target_probability(model: torch.nn.Module, images: torch.Tensor, targets: to
     out = []
     with torch.no_grad():
         for start in range(0, len(images), max_batch):
-            logits = model(images[start:start + max_batch])
+            logits = model(fast_layout(images[start:start + max_batch]))
             out.append(_probability_of(logits, targets[start:start + max_batch]))
     return torch.cat(out)
 
@@ -109,7 +110,7 @@ class _Curve(Metric):
                 image_index, step_index = pairs[start:start + max_batch].unbind(1)
                 moved = rank[image_index] < counts[step_index].view(-1, 1, 1, 1)
                 perturbed = torch.where(moved, move_to[image_index], start_from[image_index])
-                logits = batch.model(perturbed)
+                logits = batch.model(fast_layout(perturbed))
                 probs.append(_probability_of(logits, batch.targets[image_index]))
         return torch.cat(probs).reshape(n, len(counts))
 
@@ -127,7 +128,7 @@ class DeletionAUC(_Curve):
     """Area under the target probability as the most salient pixels are removed first (lower is better)."""
 
     name = "deletion_auc"
-    defaults = {"step": 0.05, "baseline": "zero", "max_batch": 256}
+    defaults = {"step": 0.05, "baseline": "zero", "max_batch": 64}
 
 
 @register
@@ -135,17 +136,23 @@ class InsertionAUC(_Curve):
     """Area under the target probability as the most salient pixels are inserted first (higher is better)."""
 
     name = "insertion_auc"
-    defaults = {"step": 0.05, "baseline": "blur", "max_batch": 256}
+    defaults = {"step": 0.05, "baseline": "blur", "max_batch": 64}
     insert = True
 
 
 class _Confidence(Metric):
     """Target probability on the image and on the image multiplied by its map (in pixel space)."""
 
-    defaults = {"max_batch": 256}
+    defaults = {"max_batch": 64}
 
     def probabilities(self, batch: MetricInput) -> tuple[np.ndarray, np.ndarray]:
-        """(original, explanation-only) target probabilities."""
+        """(original, explanation-only) target probabilities, computed once per batch for both metrics."""
+        key = ("confidence", int(self.params["max_batch"]))
+        if key not in batch.shared:
+            batch.shared[key] = self._probabilities(batch)
+        return batch.shared[key]
+
+    def _probabilities(self, batch: MetricInput) -> tuple[np.ndarray, np.ndarray]:
         model, images = batch.model, batch.images
         maps = torch.nan_to_num(batch.maps.float(), nan=0.0)[:, None]
         preprocessing = getattr(model, "vislib_preprocessing", None)
