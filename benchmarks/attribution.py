@@ -276,7 +276,7 @@ def main() -> None:
         ("demonet (trained, shapes val)", demo, "features.14", demo_images),
         ("demonet (random, shapes val)", models.load("demonet", "random"), "features.14", demo_images),
         ("resnet18 (random, noise)", net, "layer4", x[:args.scorecam_batch]),
-        ("efficientnet_lite0 (ImageNet, photos)", lite, "_swish", lite_images),
+        ("efficientnet_lite0 (ImageNet, photos)", lite, "head_activation", lite_images),
     ])
 
     lines = [
@@ -330,10 +330,10 @@ def main() -> None:
         "maps with the exact ones (mean and minimum over the images). Effective channels: exp(entropy) of "
         "exact Score-CAM's channel weights, averaged over the images; where it is close to the channel "
         "count the weights are nearly uniform and any choice of channels gives nearly the exact map, so "
-        "those rows (random weights) do not test the approximation. efficientnet_lite0 uses the head's "
-        "ReLU6 output (`_swish`, the last of its two calls): at the default layer `_bn1`, before the "
-        "activation, exact Score-CAM's map is 0 everywhere on these photos (the near-uniform weighted sum "
-        "of mostly negative pre-activations is negative everywhere, and the ReLU clears it).",
+        "those rows (random weights) do not test the approximation. efficientnet_lite0 uses its default "
+        "layer `head_activation`, the head's ReLU6 output: at `_bn1`, before the activation, exact "
+        "Score-CAM's map is 0 everywhere on these photos (the near-uniform weighted sum of mostly negative "
+        "pre-activations is negative everywhere, and the ReLU clears it).",
         "",
         "| model | layer | images | channels | effective channels | k | speed-up | mean corr | min corr |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

