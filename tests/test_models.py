@@ -64,3 +64,9 @@ def test_checkpoint_round_trip_keeps_weights_and_class_names(tmp_path):
     assert torch.equal(net(x), back(x))
     with pytest.raises(MissingWeightsError, match="does not exist"):
         models.load("demonet", str(tmp_path / "missing.pt"))
+
+
+def test_bundled_imagenet_class_names_are_torchvisions():
+    from torchvision.models import ResNet50_Weights
+
+    assert models.imagenet_class_names() == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])

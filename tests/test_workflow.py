@@ -62,6 +62,24 @@ def test_changing_one_models_spec_reruns_only_its_jobs(finished_run, tmp_path):
     assert "train_model" not in counts and "prepare_dataset" not in counts
 
 
+def test_changing_one_methods_parameter_reruns_only_its_jobs(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    config = tiny_config()
+    config["methods"]["scorecam"] = {"top_channels": 8}
+    config["experiments"]["tiny"]["methods"].append("scorecam")
+    snakemake(workdir, config)
+    config["methods"]["scorecam"]["top_channels"] = 16
+    proc = snakemake(workdir, config, "-n", "--quiet", "rules")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    # 3 shards x 2 models of Score-CAM, then what reads them; Grad-CAM's shards and the models stay.
+    assert counts.get("explain") == "6" and counts.get("evaluate") == "6", proc.stdout
+    assert counts.get("aggregate") == "1" and counts.get("figure_grid") == "2", proc.stdout
+    assert "train_model" not in counts and "prepare_dataset" not in counts
+    outputs = re.findall(r"^\s+output: (.*)$", snakemake(workdir, config, "-n").stdout, re.M)
+    assert outputs and not [out for out in outputs if "/gradcam/" in out]
+
+
 def test_unknown_names_fail_before_any_job(tmp_path):
     for section, key, bad, valid in [("models", "demonet", "demonett", "demonet"),
                                      ("methods", None, "gradcma", "gradcam")]:

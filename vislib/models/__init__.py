@@ -5,6 +5,7 @@ from vislib.models.registry import (
     MODELS,
     LoadedModel,
     Preprocessing,
+    imagenet_class_names,
     layer_names,
     load,
     preprocessing_of,
@@ -14,6 +15,7 @@ from vislib.models.registry import (
 
 __all__ = [
     "MODELS",
+    "imagenet_class_names",
     "LoadedModel",
     "Preprocessing",
     "layer_names",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -38,11 +40,9 @@ IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names in torchvision's order."""
-    # torchvision takes seconds to import (it pulls in torch._dynamo); only callers that need it pay.
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names in torchvision's order (its weights' `categories`, copied into
+    vislib: importing torchvision costs about 2 s, which every job on efficientnet_lite0 would pay)."""
+    return json.loads(resources.files("vislib.models").joinpath("imagenet_classes.json").read_text())
 
 
 @dataclass
