@@ -40,6 +40,8 @@ rule lavise_features:
         "logs/lavise_features/{experiment}/{model}/{layer}.log",
     benchmark:
         "benchmarks/runs/lavise_features/{experiment}/{model}/{layer}.tsv"
+    # A chain of one job at a time (features, training, inference): started late, it is the run's tail.
+    priority: 20
     threads: 1
     resources:
         gpu=GPU,
@@ -66,6 +68,8 @@ rule lavise_train:
         "logs/lavise_train/{experiment}/{model}/{layer}.log",
     benchmark:
         "benchmarks/runs/lavise_train/{experiment}/{model}/{layer}.tsv"
+    # A chain of one job at a time (features, training, inference): started late, it is the run's tail.
+    priority: 20
     threads: 1
     resources:
         gpu=GPU,

@@ -21,6 +21,8 @@ rule train_model:
         "logs/train_model/{model}.log",
     benchmark:
         "benchmarks/runs/train_model/{model}.tsv"
+    # Most jobs wait for the trained model: start it before the jobs that do not need it.
+    priority: 50
     threads: 2
     resources:
         gpu=GPU,

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 
 from vislib.errors import DataError
 from vislib.io import write_parquet, write_text
-from vislib.metrics.localization import apply_dataset_max_box_acc
 
 GROUP_COLUMNS = ["dataset", "model", "layer", "method", "metric"]
 
@@ -73,6 +72,9 @@ def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLik
               summary_path: str | os.PathLike, summary_md_path: str | os.PathLike,
               metadata: dict[str, str], title: str = "") -> pd.DataFrame:
     """Write metrics.parquet, summary.parquet and summary.md (each atomically) and return the summary."""
+    # Imported here: vislib.metrics imports torch (3 s), which the chart jobs importing this module never need.
+    from vislib.metrics.localization import apply_dataset_max_box_acc
+
     table = apply_dataset_max_box_acc(collect(files), GROUP_COLUMNS[:-1])
     write_parquet(metrics_path, table, metadata)
     summary = summarize(table)

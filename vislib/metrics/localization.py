@@ -32,15 +32,22 @@ def largest_component_boxes(maps: np.ndarray, threshold: float | np.ndarray) -> 
     boxes = np.zeros((n, 4), np.float64)
     if count == 0:
         return boxes
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    # Per component: its image and its extent, from the bounding slices ndimage computes in one pass.
-    extent = np.array([(s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop)
-                       for s in ndimage.find_objects(labels)])
-    owner = extent[:, 0]
-    # Largest component per image: sort by (image, size) and keep each image's last entry.
-    order = np.lexsort((sizes, owner))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    # The image each component lies in (labels run across the whole stack).
+    owner = np.zeros(count + 1, np.int64)
+    owner[labels.reshape(n, -1)] = np.arange(n)[:, None]
+    # Largest component per image: sort components 1..count by (image, size), keep each image's last.
+    order = np.lexsort((sizes[1:], owner[1:])) + 1
     last = order[np.r_[owner[order][1:] != owner[order][:-1], True]]
-    boxes[owner[last]] = extent[last, 1:]
+    chosen = np.zeros(n, np.int64)
+    chosen[owner[last]] = last
+    # Extent of only the chosen components (noisy maps have thousands of others), all images at once.
+    mask = (labels == chosen[:, None, None]) & (chosen > 0)[:, None, None]
+    rows, cols = mask.any(2), mask.any(1)
+    height, width = maps.shape[1:]
+    found = chosen > 0
+    boxes[found] = np.stack([cols.argmax(1), rows.argmax(1), width - cols[:, ::-1].argmax(1),
+                             height - rows[:, ::-1].argmax(1)], 1)[found]
     return boxes
 
 
