@@ -21,9 +21,11 @@ rule train_model:
         "logs/train_model/{model}.log",
     benchmark:
         "benchmarks/runs/train_model/{model}.tsv"
-    # Most jobs wait for the trained model: start it before the jobs that do not need it.
+    # Most jobs wait for the trained model: start it before the jobs that do not need it. Half the cores, so
+    # that it fits beside a running one-core job: asking for all of them starves it while the photos jobs,
+    # which need no training, keep one core busy.
     priority: 50
-    threads: 2
+    threads: max(1, workflow.cores // 2)
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
