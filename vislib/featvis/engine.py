@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vislib.errors import LayerError
+from vislib.methods.base import fast_layout
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 
@@ -210,7 +211,7 @@ def run(model: nn.Module, inputs: torch.Tensor, taps: LayerTaps) -> torch.Tensor
     taps.inputs.clear()
     taps.calls.clear()
     try:
-        return model(inputs)
+        return model(fast_layout(inputs))
     except _StopForward:
         return None
 
