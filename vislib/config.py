@@ -12,7 +12,7 @@ from vislib import featvis, methods, metrics, models
 from vislib.data import DATASETS
 from vislib.errors import ConfigError, VislibError
 from vislib.featvis.engine import probe_layer
-from vislib.featvis.jobs import CLASS_LAYER, unit_source
+from vislib.featvis.jobs import CLASS_LAYER, unit_indices, unit_source
 from vislib.lavise.jobs import check_settings, filter_list, lavise_settings
 from vislib.registry import unknown_name_message
 
@@ -166,8 +166,7 @@ def check_config(config: dict) -> None:
     _check_lavise(config)
 
 
-def _check_units(indices: int | list[int], count: int, where: str, what: str) -> None:
-    wanted = list(range(indices)) if isinstance(indices, int) else indices
+def _check_units(wanted: list[int], count: int, where: str, what: str) -> None:
     bad = [u for u in wanted if not 0 <= u < count]
     if bad:
         raise ConfigError(f"{where}: {what} {bad[:5]} out of range; this has {count} {what}, use 0..{count - 1}")
@@ -189,12 +188,12 @@ def _check_featvis(config: dict) -> None:
         for model, arch, num_classes, layer in _checked_layers(config, block["models"], where):
             if "channels" in sources and "channels" in block:
                 shape = _output_shape(arch, num_classes, layer)
-                _check_units(block["channels"], shape[1], f"{where}.channels ({model} {layer})", "channels")
+                _check_units(unit_indices(block["channels"]), shape[1], f"{where}.channels ({model} {layer})", "channels")
         if "classes" in sources and "classes" in block:
             for model in block["models"]:
                 spec = config["models"][model]
                 n_classes = _output_shape(spec["arch"], spec.get("num_classes"), None)[1]
-                _check_units(block["classes"], n_classes, f"{where}.classes ({model})", "classes")
+                _check_units(unit_indices(block["classes"]), n_classes, f"{where}.classes ({model})", "classes")
 
 
 def _check_lavise(config: dict) -> None:

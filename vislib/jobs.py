@@ -26,7 +26,14 @@ from vislib.io import (
 )
 from vislib.methods import to_image_maps
 from vislib.metrics import target_boxes
-from vislib.pipeline import evaluate_shard, explain_shard, resolve_device, select_images, shard_ids
+from vislib.pipeline import (
+    evaluate_shard,
+    explain_shard,
+    load_model,
+    resolve_device,
+    select_images,
+    shard_ids,
+)
 from vislib.training import TrainConfig, save_checkpoint, train_classifier
 
 log = logging.getLogger(__name__)
@@ -47,11 +54,6 @@ def write_image_list(dataset: dict[str, Any], name: str, out: str) -> None:
     log.info("%d images listed for %s", len(ids), name)
 
 
-def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
-    """Load a model described by the workflow's model spec (arch, weights, num_classes)."""
-    return models.load(spec["arch"], spec["weights"], resolve_device(device), num_classes=spec.get("num_classes"))
-
-
 def train_model(arch: str, train: dict[str, Any], dataset: dict[str, Any], device: str,
                 checkpoint: str, history_path: str, curve_path: str) -> dict:
     """Train a model on a dataset's train split; write checkpoint, history JSON and curve plot."""
@@ -63,15 +65,12 @@ def train_model(arch: str, train: dict[str, Any], dataset: dict[str, Any], devic
     history = train_classifier(model, train_set, val_set, cfg)
     save_checkpoint(checkpoint, model, train_set.label_names, arch, history)
     write_json(history_path, history)
-    _plot_curve(history, curve_path)
-    log.info("val accuracy %.4f", history["val_accuracy"])
-    return history
-
-
-def _plot_curve(history: dict, path: str) -> None:
+    # Imported here: matplotlib costs every other job that imports this module a second.
     from vislib.figures import training_curve
 
-    training_curve(path, history)
+    training_curve(curve_path, history)
+    log.info("val accuracy %.4f", history["val_accuracy"])
+    return history
 
 
 def explain(image_list: str, shard: int, shard_size: int, method: tuple[str, dict], model: dict, layer: str,

@@ -77,6 +77,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
+    """Load a model described by the workflow's model spec (arch, weights, num_classes)."""
+    return models.load(spec["arch"], spec["weights"], resolve_device(device), num_classes=spec.get("num_classes"))
+
+
 def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_params: dict[str, Any],
                   dataset: CocoFormatDataset, image_ids: Sequence[int], target_mode: str = "label",
                   batch_size: int = 32) -> HeatmapShard:

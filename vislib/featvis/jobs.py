@@ -12,13 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vislib import models
 from vislib.data import open_dataset
 from vislib.data.dataset import read_image, to_input
 from vislib.errors import ConfigError, DataError, ImageDecodeError
 from vislib.featvis.base import FEATVIS, FeatVisMethod, get
 from vislib.io import FeatVisShard, read_image_list, save_featvis_shard
-from vislib.pipeline import resolve_device
+from vislib.pipeline import load_model
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def job_settings(method_name: str, block: dict[str, Any]) -> dict[str, Any]:
     return {key: block.get(key, SETTING_DEFAULTS[key]) for key in keys}
 
 
-def _indices(value: int | Sequence[int]) -> list[int]:
+def unit_indices(value: int | Sequence[int]) -> list[int]:
     """A count n means the first n indices; a list means those indices."""
     return list(range(value)) if isinstance(value, int) else [int(v) for v in value]
 
@@ -60,7 +59,7 @@ def unit_list(method: FeatVisMethod, settings: dict[str, Any], n_images: int) ->
     """Every unit the experiment visualises with `method`: channels, classes, image positions or clusters."""
     source = method.unit_source
     if source in ("channels", "classes"):
-        return _indices(settings[source])
+        return unit_indices(settings[source])
     if source == "images":
         return list(range(min(settings["images"], n_images)))
     return list(range(method.params["num_clusters"]))
@@ -119,7 +118,7 @@ def featvis_shard(label: str, method_spec: tuple[str, dict[str, Any]], model: di
     if not shard_units:
         raise ConfigError(f"featvis {label!r} has {len(units)} units, so shard {shard} is empty; "
                           f"shards run 0..{max(0, math.ceil(len(units) / size) - 1)}")
-    net = models.load(model["arch"], model["weights"], resolve_device(device), num_classes=model.get("num_classes"))
+    net = load_model(model, device)
     side = settings.get("image_size") or net.vislib_preprocessing.input_size
     target_layer = None if layer == CLASS_LAYER else layer
     extras: dict[str, np.ndarray] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import torch
 
-from vislib import models
 from vislib.data.cocoformat import read_coco_split
 from vislib.errors import ConfigError
 from vislib.io import provenance, read_image_list, write_parquet, write_text
@@ -37,7 +34,7 @@ from vislib.lavise.infer import (
 )
 from vislib.lavise.targets import ConceptTargets, coco_targets, split_category
 from vislib.lavise.train import TrainSettings, train_explainer
-from vislib.pipeline import resolve_device
+from vislib.pipeline import load_model, resolve_device
 from vislib.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -113,7 +110,7 @@ def filter_groups(settings: dict[str, Any]) -> list[list[int]]:
 
 def group_count(settings: dict[str, Any]) -> int:
     """How many filter groups the settings make."""
-    return max(1, math.ceil(len(filter_list(settings)) / settings["filters_per_group"]))
+    return max(1, len(filter_groups(settings)))
 
 
 def dataset_words(root: str | os.PathLike, splits: Sequence[str]) -> list[str]:
@@ -137,11 +134,6 @@ def write_seeded_table(root: str | os.PathLike, splits: Sequence[str], dim: int,
     write_glove(out, table)
     log.info("seeded table: %d concept words + %d distractors, D=%d", len(concepts), len(table) - len(concepts), dim)
     return table
-
-
-def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
-    """The backbone a workflow model spec (arch, weights, num_classes) describes."""
-    return models.load(spec["arch"], spec["weights"], resolve_device(device), num_classes=spec.get("num_classes"))
 
 
 def _only(targets: ConceptTargets, image_ids: Sequence[int] | None, limit: int | None) -> ConceptTargets:

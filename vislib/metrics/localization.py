@@ -42,10 +42,10 @@ def largest_component_boxes(maps: np.ndarray, threshold: float | np.ndarray) -> 
     chosen = np.zeros(n, np.int64)
     chosen[owner[last]] = last
     # Extent of only the chosen components (noisy maps have thousands of others), all images at once.
-    mask = (labels == chosen[:, None, None]) & (chosen > 0)[:, None, None]
+    found = chosen > 0
+    mask = (labels == chosen[:, None, None]) & found[:, None, None]
     rows, cols = mask.any(2), mask.any(1)
     height, width = maps.shape[1:]
-    found = chosen > 0
     boxes[found] = np.stack([cols.argmax(1), rows.argmax(1), width - cols[:, ::-1].argmax(1),
                              height - rows[:, ::-1].argmax(1)], 1)[found]
     return boxes

@@ -92,9 +92,8 @@ def sanity_job(image_list: str, n_images: int, method: tuple[str, dict], model: 
     import pyarrow as pa
 
     from vislib.data import open_dataset
-    from vislib.io import provenance, write_parquet
-    from vislib.jobs import load_model, read_image_list
-    from vislib.pipeline import resolve_device
+    from vislib.io import provenance, read_image_list, write_parquet
+    from vislib.pipeline import load_model, resolve_device
 
     torch.manual_seed(0)
     net = load_model(model, device)
