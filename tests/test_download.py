@@ -10,10 +10,12 @@ import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from vislib.data.download import DownloadError, download, extract, fetch, torchvision_hash_prefix
+from vislib.data.published import PUBLISHED, PublishedFile
 from vislib.errors import DataError
 
 
@@ -188,3 +190,37 @@ def test_models_load_from_vislib_weights_cache(monkeypatch, tmp_path: Path) -> N
     net = models.load("resnet18", "IMAGENET1K_V1")
     assert torch.equal(net.fc.weight, reference.fc.weight)
     assert torch.hub.get_dir() == hub_before
+
+
+def test_published_digest_is_checked_when_the_caller_gives_none(server: str, tmp_path: Path, monkeypatch) -> None:
+    good, bad = b"published bytes", b"changed bytes"
+    _Handler.files["/good.zip"], _Handler.files["/bad.zip"] = good, bad
+    record = PublishedFile(len(good), hashlib.sha256(good).hexdigest(), "a test registry")
+    monkeypatch.setitem(PUBLISHED, f"{server}/good.zip", record)
+    monkeypatch.setitem(PUBLISHED, f"{server}/bad.zip", record)
+    assert download(f"{server}/good.zip", tmp_path / "good.zip", progress=False).read_bytes() == good
+    with pytest.raises(DownloadError, match="expected .*recorded by a test registry.*deleted"):
+        download(f"{server}/bad.zip", tmp_path / "bad.zip", progress=False)
+    assert not (tmp_path / "bad.zip").exists() and not (tmp_path / "bad.zip.part").exists()
+    own = download(f"{server}/bad.zip", tmp_path / "own.zip", sha256=hashlib.sha256(bad).hexdigest(), progress=False)
+    assert own.read_bytes() == bad  # a digest from the config wins over the recorded one
+
+
+def test_file_of_known_size_that_cannot_fit_fails_before_transfer(server: str, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    _Handler.files["/huge.zip"] = b"z" * 10
+    monkeypatch.setitem(PUBLISHED, f"{server}/huge.zip", PublishedFile(5 * 2**30, "0" * 64, "a test registry"))
+    monkeypatch.setattr("vislib.data.download.shutil.disk_usage", lambda path: SimpleNamespace(free=2**30))
+    with pytest.raises(DownloadError, match=r"huge\.zip needs 5\.00 GiB more .* 1\.00 GiB are free.*data_root"):
+        download(f"{server}/huge.zip", tmp_path / "huge.zip", progress=False)
+    assert _Handler.requests == [] and list(tmp_path.iterdir()) == []
+
+
+def test_published_records_cover_the_urls_vislib_downloads() -> None:
+    from vislib.data import coco, vg
+
+    urls = [f"{coco.COCO_URL}/{coco.ANNOTATIONS_ZIP}", f"{coco.COCO_URL}/zips/train2017.zip",
+            f"{coco.COCO_URL}/zips/val2017.zip", *vg.IMAGES_URLS, f"{vg.META_URL}/image_data.json.zip"]
+    assert sorted(urls) == sorted(PUBLISHED)
+    for record in PUBLISHED.values():
+        assert record.size > 0 and len(record.sha256) == 64 and int(record.sha256, 16) >= 0

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from vislib.data.published import PUBLISHED
 from vislib.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def torchvision_hash_prefix(url: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _verify(path: Path, url: str, sha256: str | None, md5: str | None, sha256_prefix: str | None) -> None:
+def _verify(path: Path, url: str, sha256: str | None, md5: str | None, sha256_prefix: str | None,
+            origin: str) -> None:
     checks = [("sha256", sha256, False), ("md5", md5, False), ("sha256", sha256_prefix, True)]
     for algorithm, expected, prefix in checks:
         if not expected:
@@ -68,8 +70,18 @@ def _verify(path: Path, url: str, sha256: str | None, md5: str | None, sha256_pr
         if not ok:
             path.unlink()
             raise DownloadError(f"{algorithm} of the file downloaded from {url} is {actual}, expected "
-                                f"{expected}{'...' if prefix else ''}; the file was deleted. Check the URL "
-                                f"and checksum in the config, or a proxy rewriting the download")
+                                f"{expected}{'...' if prefix else ''} ({origin}); the file was deleted. Check "
+                                f"the URL and checksum in the config, or a proxy rewriting the download")
+
+
+def _check_free_space(part: Path, url: str, size: int) -> None:
+    """Fail before transferring if the rest of a file of known size cannot fit on the disk."""
+    needed = size - (part.stat().st_size if part.exists() else 0)
+    free = shutil.disk_usage(part.parent).free
+    if needed > free:
+        raise DownloadError(f"{url} needs {needed / 2**30:.2f} GiB more in {str(part.parent)!r} but "
+                            f"{free / 2**30:.2f} GiB are free: free space or point data_root at a bigger disk, "
+                            f"then re-run")
 
 
 def _open(url: str, offset: int, timeout: float):
@@ -112,12 +124,22 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
              sha256_prefix: str | None = None, retries: int = 5, backoff: float = 2.0,
              timeout: float = 60.0, progress: bool = True) -> Path:
-    """Download `url` to `dest`: resumes a partial `.part` file, verifies, then renames into place."""
+    """Download `url` to `dest`: resumes a partial `.part` file, verifies, then renames into place.
+
+    Files listed in `vislib.data.published` are checked against their recorded sha256 unless the caller
+    gives its own digest, and their size is checked against the free disk space before transferring.
+    """
     dest = Path(dest)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    published = PUBLISHED.get(url)
+    origin = "given by the caller"
+    if published is not None:
+        _check_free_space(part, url, published.size)
+        if not (sha256 or md5):
+            sha256, origin = published.sha256, f"recorded by {published.source}"
     for attempt in range(retries + 1):
         try:
             _transfer(url, part, timeout, progress)
@@ -138,7 +160,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
         delay = backoff * 2**attempt
         log.warning("download of %s interrupted (%s); retrying in %.1f s", url, error, delay)
         time.sleep(delay)
-    _verify(part, url, sha256, md5, sha256_prefix)
+    _verify(part, url, sha256, md5, sha256_prefix, origin)
     os.replace(part, dest)
     return dest
 
