@@ -145,7 +145,8 @@ def kept_notes(path: Path) -> str:
 def main() -> None:
     """Time both sides and write the results table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=1000,
+                        help="two shards per method at the default shard size")
     parser.add_argument("--shard-size", type=int, default=DEFAULTS["shard_size"],
                         help="default: config/config.yaml's shard_size")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],

@@ -19,10 +19,18 @@ import pyarrow.parquet as pq
 
 from vislib.errors import DataError
 
+# Reading the umask means setting it; done once at import, before any job starts threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file gets the permissions a plain `open` would give it (0666 less the umask): mkstemp's 0600 would
+    hide results from the rest of a group on a shared cluster.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -32,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
