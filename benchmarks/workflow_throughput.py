@@ -192,6 +192,10 @@ def main() -> None:
         "## Where a job's time goes (last workflow run)", "",
         "| rule | jobs | mean wall s | mean CPU s |", "|---|---|---|---|",
         *job_rows(workdir), "",
+        "Both per-job columns come from Snakemake's `benchmark:` files. Snakemake samples a job's CPU time once "
+        "a second for 30 s and then every 30 s, so CPU spent after the last sample is missing: read the CPU "
+        "column as a lower bound (the workflow CPU seconds above are exact: resource usage of all child "
+        "processes).", "",
         f"Per explain job the attribution method itself took {method_seconds(workdir):.2f} s. Start-up of a "
         f"fresh interpreter (fastest of 3): `import torch` {torch_start[0]:.2f} s wall / {torch_start[1]:.2f} s "
         f"CPU, `import vislib.jobs` (torch included) {jobs_start[0]:.2f} s wall / {jobs_start[1]:.2f} s CPU; "
