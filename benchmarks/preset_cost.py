@@ -240,6 +240,20 @@ def featvis_rows(preset: dict, experiment: dict, args) -> list[dict]:
     return rows
 
 
+# Per part of a preset: the table's header and separator lines and the cells of one row.
+TABLES: dict[str, tuple[str, str, Callable[[dict], list[str]]]] = {
+    "attribution": ("| model | layer | method | explain s/img | evaluate s/img | total | note |",
+                    "|---|---|---|---:|---:|---:|---|",
+                    lambda r: [r["model"], r["layer"], r["method"], f"{r['explain']:.3f}", f"{r['evaluate']:.3f}",
+                               hms(r["total"]), r["note"]]),
+    "lavise": ("| model | layer | LaViSE part | total | basis |", "|---|---|---|---:|---|",
+               lambda r: [r["model"], r["layer"], r["part"], hms(r["total"]), r["basis"]]),
+    "featvis": ("| model | layer | featvis method | units | iterations per octave | total |", "|---|---|---|---:|---:|---:|",
+                lambda r: [r["model"], r["layer"], r["method"], str(r["units"]), f"{r['iterations']:g}",
+                           hms(r["total"])]),
+}
+
+
 def markdown(results: dict[str, dict], args) -> str:
     lines = ["# Expected compute time of the paper presets", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU, torch "
@@ -252,26 +266,9 @@ def markdown(results: dict[str, dict], args) -> str:
         total = sum(r["total"] for part in result["parts"].values() for r in part)
         lines += [f"## `{preset}.yaml`: {hms(total)} of compute here", "",
                   f"{result['images']:,} images per model and method.", ""]
-        attribution = result["parts"].get("attribution", [])
-        if attribution:
-            lines += ["| model | layer | method | explain s/img | evaluate s/img | total | note |",
-                      "|---|---|---|---:|---:|---:|---|"]
-            lines += [f"| {r['model']} | {r['layer']} | {r['method']} | {r['explain']:.3f} | {r['evaluate']:.3f} | "
-                      f"{hms(r['total'])} | {r['note']} |" for r in attribution]
-            lines.append("")
-        lavise = result["parts"].get("lavise", [])
-        if lavise:
-            lines += ["| model | layer | LaViSE part | total | basis |", "|---|---|---|---:|---|"]
-            lines += [f"| {r['model']} | {r['layer']} | {r['part']} | {hms(r['total'])} | {r['basis']} |"
-                      for r in lavise]
-            lines.append("")
-        featvis_part = result["parts"].get("featvis", [])
-        if featvis_part:
-            lines += ["| model | layer | featvis method | units | iterations per octave | total |",
-                      "|---|---|---|---:|---:|---:|"]
-            lines += [f"| {r['model']} | {r['layer']} | {r['method']} | {r['units']} | {r['iterations']:g} | "
-                      f"{hms(r['total'])} |" for r in featvis_part]
-            lines.append("")
+        for part, rows in result["parts"].items():
+            header, separator, cells = TABLES[part]
+            lines += [header, separator, *("| " + " | ".join(cells(r)) + " |" for r in rows), ""]
     lines += ["Reproduce: `python benchmarks/preset_cost.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "presets")) + "`", ""]
     return "\n".join(lines)
