@@ -6,8 +6,7 @@ libraries when they downloaded the same URLs (the files have not changed since 2
 - Visual Genome 1.2 images and image metadata: Hugging Face `datasets`,
   `datasets/visual_genome/dataset_infos.json`.
 No public record was found for Visual Genome's `objects.json.zip` / `attributes.json.zip` or for GloVe's
-`glove.6B.zip`; those downloads are checked against the server's Content-Length only, or against a digest
-given in the config.
+`glove.6B.zip`; those downloads are checked against the server's Content-Length only.
 """
 
 from __future__ import annotations
