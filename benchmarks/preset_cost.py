@@ -261,7 +261,7 @@ def markdown(results: dict[str, dict], args) -> str:
              f"synthetic images at each model's input size (random weights), best of {args.repeats} timed "
              "call(s) after a warm-up call, then multiplied by the preset's counts; how each part is measured "
              "is in the docstring of `benchmarks/preset_cost.py`. Data download and preparation are not "
-             "included. No GPU was available: these are CPU times.", ""]
+             "included. The script runs on the CPU: these are CPU times.", ""]
     for preset, result in results.items():
         total = sum(r["total"] for part in result["parts"].values() for r in part)
         lines += [f"## `{preset}.yaml`: {hms(total)} of compute here", "",

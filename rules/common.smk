@@ -116,6 +116,11 @@ def n_shards(dataset):
     return max(1, math.ceil(listed_images(dataset) / config["shard_size"]))
 
 
+def shard_runtime(attempt):
+    """Minutes asked for one explain or evaluate job: an hour per 250 images of a shard, times the attempt."""
+    return 60 * math.ceil(config["shard_size"] / 250) * attempt
+
+
 def experiment_metric_shards(wildcards):
     out = []
     for job in experiment_jobs(config, wildcards.experiment):

@@ -22,7 +22,7 @@ rule evaluate:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        runtime=lambda wildcards, attempt: shard_runtime(attempt),
     conda:
         "../envs/vislib.yaml"
     script:

@@ -199,7 +199,7 @@ def test_published_digest_is_checked_when_the_caller_gives_none(server: str, tmp
     monkeypatch.setitem(PUBLISHED, f"{server}/good.zip", record)
     monkeypatch.setitem(PUBLISHED, f"{server}/bad.zip", record)
     assert download(f"{server}/good.zip", tmp_path / "good.zip", progress=False).read_bytes() == good
-    with pytest.raises(DownloadError, match="expected .*recorded by a test registry.*deleted"):
+    with pytest.raises(DownloadError, match="expected .*deleted. The expected digest is the one a test registry recorded.*place it at"):
         download(f"{server}/bad.zip", tmp_path / "bad.zip", progress=False)
     assert not (tmp_path / "bad.zip").exists() and not (tmp_path / "bad.zip.part").exists()
     own = download(f"{server}/bad.zip", tmp_path / "own.zip", sha256=hashlib.sha256(bad).hexdigest(), progress=False)
@@ -210,10 +210,25 @@ def test_file_of_known_size_that_cannot_fit_fails_before_transfer(server: str, t
                                                                   monkeypatch) -> None:
     _Handler.files["/huge.zip"] = b"z" * 10
     monkeypatch.setitem(PUBLISHED, f"{server}/huge.zip", PublishedFile(5 * 2**30, "0" * 64, "a test registry"))
+    asked: list[Path] = []
+
+    def usage(path):
+        asked.append(Path(path))
+        return SimpleNamespace(free=6 * 2**30)
+
+    monkeypatch.setattr("vislib.data.download.shutil.disk_usage", usage)
+    (tmp_path / "dl").mkdir()
+    with open(tmp_path / "dl" / "huge.zip.part", "wb") as part:  # sparse: a resumed transfer needs only the rest
+        part.truncate(2**30)
+    with pytest.raises(DownloadError, match=r"huge\.zip: the download and its extracted copy need 9\.00 GiB "
+                                            r"more .* 6\.00 GiB are free.*data_root"):
+        fetch(f"{server}/huge.zip", tmp_path / "dl", tmp_path / "x", progress=False)
+    assert _Handler.requests == [] and asked == [tmp_path / "dl"]
+    assert not (tmp_path / "x").exists()
     monkeypatch.setattr("vislib.data.download.shutil.disk_usage", lambda path: SimpleNamespace(free=2**30))
-    with pytest.raises(DownloadError, match=r"huge\.zip needs 5\.00 GiB more .* 1\.00 GiB are free.*data_root"):
+    with pytest.raises(DownloadError, match=r"huge\.zip: the download needs 5\.00 GiB more .* 1\.00 GiB"):
         download(f"{server}/huge.zip", tmp_path / "huge.zip", progress=False)
-    assert _Handler.requests == [] and list(tmp_path.iterdir()) == []
+    assert _Handler.requests == []
 
 
 def test_published_records_cover_the_urls_vislib_downloads() -> None:

@@ -95,13 +95,3 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
     dry = snakemake(workdir, config, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
-
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)], ids=["umask022", "umask027"])
-def test_atomic_outputs_get_the_umask_permissions_not_mkstemps(tmp_path, umask, mode):
-    out = tmp_path / "summary.md"
-    code = (f"import os; os.umask({umask:#o}); from vislib.io import write_text; "
-            f"write_text({str(out)!r}, 'table')")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-    assert out.read_text() == "table"
-    assert out.stat().st_mode & 0o777 == mode
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]

@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,28 +19,34 @@ import pyarrow.parquet as pq
 
 from vislib.errors import DataError
 
-# Reading the umask means setting it; done once at import, before any job starts threads.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+
+def _create_temp_beside(target: Path) -> Path:
+    """A new empty file with a unique name next to `target`, created with mode 0666 so that the umask and any
+    default ACL of the folder decide its permissions, as for a plain `open` (mkstemp's 0600 would hide results
+    from the rest of a group on a shared cluster)."""
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {str(target)!r}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
 
-    The file gets the permissions a plain `open` would give it (0666 less the umask): mkstemp's 0600 would
-    hide results from the rest of a group on a shared cluster.
+    The file gets the permissions a plain `open` would give it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp_beside(target)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -60,7 +60,7 @@ def torchvision_hash_prefix(url: str) -> str | None:
 
 
 def _verify(path: Path, url: str, sha256: str | None, md5: str | None, sha256_prefix: str | None,
-            origin: str) -> None:
+            fix: str) -> None:
     checks = [("sha256", sha256, False), ("md5", md5, False), ("sha256", sha256_prefix, True)]
     for algorithm, expected, prefix in checks:
         if not expected:
@@ -70,16 +70,16 @@ def _verify(path: Path, url: str, sha256: str | None, md5: str | None, sha256_pr
         if not ok:
             path.unlink()
             raise DownloadError(f"{algorithm} of the file downloaded from {url} is {actual}, expected "
-                                f"{expected}{'...' if prefix else ''} ({origin}); the file was deleted. Check "
-                                f"the URL and checksum in the config, or a proxy rewriting the download")
+                                f"{expected}{'...' if prefix else ''}; the file was deleted. {fix}")
 
 
-def _check_free_space(part: Path, url: str, size: int) -> None:
-    """Fail before transferring if the rest of a file of known size cannot fit on the disk."""
-    needed = size - (part.stat().st_size if part.exists() else 0)
+def _check_free_space(part: Path, url: str, size: int, extracted: bool) -> None:
+    """Fail before transferring if the rest of a file of known size (and its extracted copy) cannot fit."""
+    needed = size - (part.stat().st_size if part.exists() else 0) + (size if extracted else 0)
     free = shutil.disk_usage(part.parent).free
     if needed > free:
-        raise DownloadError(f"{url} needs {needed / 2**30:.2f} GiB more in {str(part.parent)!r} but "
+        what = "the download and its extracted copy need" if extracted else "the download needs"
+        raise DownloadError(f"{url}: {what} {needed / 2**30:.2f} GiB more in {str(part.parent)!r} but "
                             f"{free / 2**30:.2f} GiB are free: free space or point data_root at a bigger disk, "
                             f"then re-run")
 
@@ -123,11 +123,12 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
              sha256_prefix: str | None = None, retries: int = 5, backoff: float = 2.0,
-             timeout: float = 60.0, progress: bool = True) -> Path:
+             timeout: float = 60.0, progress: bool = True, extracted: bool = False) -> Path:
     """Download `url` to `dest`: resumes a partial `.part` file, verifies, then renames into place.
 
     Files listed in `vislib.data.published` are checked against their recorded sha256 unless the caller
-    gives its own digest, and their size is checked against the free disk space before transferring.
+    gives its own digest (or digest prefix), and their size (twice it if `extracted`: the archive is kept
+    beside its extracted copy) against the free disk space before transferring.
     """
     dest = Path(dest)
     if dest.exists():
@@ -135,11 +136,13 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     published = PUBLISHED.get(url)
-    origin = "given by the caller"
+    fix = "Check the URL and checksum in the config, or a proxy rewriting the download"
     if published is not None:
-        _check_free_space(part, url, published.size)
-        if not (sha256 or md5):
-            sha256, origin = published.sha256, f"recorded by {published.source}"
+        _check_free_space(part, url, published.size, extracted)
+        if not (sha256 or md5 or sha256_prefix):
+            sha256 = published.sha256
+            fix = (f"The expected digest is the one {published.source} recorded for this URL; if the publisher "
+                   f"has replaced the file, download it yourself, check it, and place it at {str(dest)!r}")
     for attempt in range(retries + 1):
         try:
             _transfer(url, part, timeout, progress)
@@ -160,7 +163,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
         delay = backoff * 2**attempt
         log.warning("download of %s interrupted (%s); retrying in %.1f s", url, error, delay)
         time.sleep(delay)
-    _verify(part, url, sha256, md5, sha256_prefix, origin)
+    _verify(part, url, sha256, md5, sha256_prefix, fix)
     os.replace(part, dest)
     return dest
 
@@ -227,5 +230,5 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 def fetch(url: str, downloads: str | os.PathLike, extract_to: str | os.PathLike | None = None,
           **checks: str | None) -> Path:
     """Download `url` into `downloads` (verified), then extract it into `extract_to` if given."""
-    path = download(url, Path(downloads) / PurePosixPath(url).name, **checks)
+    path = download(url, Path(downloads) / PurePosixPath(url).name, extracted=extract_to is not None, **checks)
     return extract(path, extract_to) if extract_to is not None else path
