@@ -39,6 +39,7 @@ import yaml
 from vislib import featvis, models, pipeline
 from vislib.data.dataset import CocoFormatDataset
 from vislib.data.synthetic import ShapesConfig, generate_shapes
+from vislib.featvis.engine import probe_layer
 from vislib.io import write_text
 from vislib.lavise.model import Explainer
 from vislib.lavise.train import csmr_loss
@@ -110,10 +111,14 @@ def shapes_at(size: int, n: int, root: Path) -> CocoFormatDataset:
     return CocoFormatDataset("shapes", folder, "val")
 
 
+@functools.cache
+def random_net(arch: str, num_classes: int | None) -> torch.nn.Module:
+    """A model of `arch` at random weights, built once per run (a pass costs the same as with trained ones)."""
+    return models.load(arch, "random", "cpu", num_classes=num_classes)
+
+
 def layer_channels(net: torch.nn.Module, layer: str, size: int) -> int:
-    with torch.no_grad(), capture_layer(net, layer) as capture:
-        net(torch.zeros(1, 3, size, size))
-    return int(capture.activation.shape[1])
+    return probe_layer(net, layer, torch.zeros(1, 3, size, size))[0][1]
 
 
 def experiment_images(preset: dict, experiment: dict) -> int:
@@ -131,7 +136,7 @@ def attribution_rows(preset: dict, experiment: dict, n_images: int, args, root: 
     metric_specs = {m: preset["metrics"].get(m) or {} for m in experiment["metrics"]}
     for model_name, layers in experiment["models"].items():
         spec = preset["models"][model_name]
-        net = models.load(spec["arch"], "random", "cpu", num_classes=spec.get("num_classes"))
+        net = random_net(spec["arch"], spec.get("num_classes"))
         size = net.vislib_preprocessing.input_size
         dataset = shapes_at(size, args.images, root)
         ids = dataset.image_ids()[:args.images]
@@ -166,7 +171,7 @@ def lavise_rows(preset: dict, experiment: dict, n_images: int, args) -> list[dic
     counts = LAVISE_TRAIN[dataset_kind]
     for model_name, layers in experiment["lavise"]["models"].items():
         spec = preset["models"][model_name]
-        net = models.load(spec["arch"], "random", "cpu", num_classes=spec.get("num_classes"))
+        net = random_net(spec["arch"], spec.get("num_classes"))
         size = net.vislib_preprocessing.input_size
         x = torch.rand(args.lavise_batch, 3, size, size)
         for layer in layers:
@@ -214,7 +219,7 @@ def featvis_rows(preset: dict, experiment: dict, args) -> list[dict]:
     block, rows = experiment["featvis"], []
     for model_name, layers in block["models"].items():
         spec = preset["models"][model_name]
-        net = models.load(spec["arch"], "random", "cpu", num_classes=spec.get("num_classes"))
+        net = random_net(spec["arch"], spec.get("num_classes"))
         size = net.vislib_preprocessing.input_size
         for layer in layers:
             for label in block["methods"]:

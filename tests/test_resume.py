@@ -94,4 +94,3 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
     _assert_same_tables(_table(workdir), _table(reference))
     dry = snakemake(workdir, config, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
-
