@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM prints a progress bar per image
@@ -22,6 +20,7 @@ import captum.attr as ca  # noqa: E402
 import torch  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from timing import best_seconds  # noqa: E402
 
 from vislib import methods, models  # noqa: E402
 from vislib.data.dataset import CocoFormatDataset  # noqa: E402
@@ -34,18 +33,6 @@ from vislib.training import TrainConfig, train_classifier  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "attribution.md"
 WORKFLOW_DEMONET = Path(__file__).parent.parent / "results" / "models" / "demonet" / "model.pt"
-
-
-def best_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each run over `repeats` rounds; the runs alternate within a round, so load
-    from other processes on a shared machine hits all of them alike."""
-    best = dict.fromkeys(runs, math.inf)
-    for _ in range(repeats):
-        for name, run in runs.items():
-            tick = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - tick)
-    return best
 
 
 def pgc_cam(cls, net, layer, x, targets, **attrs):

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import seconds
 from torch import nn
 
 from vislib import methods, models
@@ -43,11 +43,6 @@ class Case:
     batch: int
     slow_images: int
     slow_iters: int
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def port_loop(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor, iters: int) -> None:
@@ -104,15 +99,6 @@ def slow_loop(model: nn.Module, layer: str, images: torch.Tensor, targets: torch
         handle.remove()
 
 
-def timed(fn, device: torch.device, *args) -> float:
-    """Wall seconds of fn(*args), synchronised on CUDA."""
-    _sync(device)
-    start = time.perf_counter()
-    fn(*args)
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def run_case(case: Case, iters: int, device: torch.device) -> list[dict]:
     """Time every implementation on one case; rows of the report table."""
     torch.manual_seed(0)
@@ -131,9 +117,9 @@ def run_case(case: Case, iters: int, device: torch.device) -> list[dict]:
     methods.get("l2caf_specific", max_iters=2).explain(model, case.layer, images[:2], targets[:2])
     with frozen_model(model):
         port_loop(model, case.layer, images[:1], targets[:1], 2)
-        port = timed(port_loop, device, model, case.layer, images, targets, iters)
-        slow = timed(slow_loop, device, model, case.layer, images[:case.slow_images],
-                     targets[:case.slow_images], case.slow_iters)
+        port = seconds(lambda: port_loop(model, case.layer, images, targets, iters), device)
+        slow = seconds(lambda: slow_loop(model, case.layer, images[:case.slow_images],
+                                         targets[:case.slow_images], case.slow_iters), device)
     rows = [{"implementation": "port loop (per image)", "images": case.batch, "iterations": iters,
              "seconds": port},
             {"implementation": "slow loop (per image, whole net)", "images": case.slow_images,
@@ -141,10 +127,9 @@ def run_case(case: Case, iters: int, device: torch.device) -> list[dict]:
              "note": f"measured at {case.slow_iters} iterations, scaled" if case.slow_iters != iters else ""}]
     for label, method in ours.items():
         results: list[methods.Attribution] = []
-        seconds = timed(lambda m=method, r=results: r.append(m.explain(model, case.layer, images, targets)),
-                        device)
+        took = seconds(lambda m=method, r=results: r.append(m.explain(model, case.layer, images, targets)), device)
         steps = results[0].extras["iterations"].float()
-        row = {"implementation": label, "images": case.batch, "seconds": seconds, "iterations": iters}
+        row = {"implementation": label, "images": case.batch, "seconds": took, "iterations": iters}
         if method.params["stop_threshold"] > 0:
             row.update(iterations=f"{steps.mean():.0f}",
                        note=f"stopping rule; steps per image {steps.min():.0f}-{steps.max():.0f}")

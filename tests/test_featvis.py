@@ -91,13 +91,18 @@ def test_same_seed_same_image_and_other_seed_differs(model):
 
 def test_batch_of_units_equals_one_unit_at_a_time(model):
     # Jitter is shared by the batch and start noise is drawn per unit, so only float rounding of
-    # batched convolutions differs; long runs that saturate pixels can flip max-pool ties, so keep it short.
+    # batched convolutions differs. Rounding can still flip a max-pool choice in an odd image, which then
+    # drifts by ~1e-2; a real dependence on the batch (per-batch normalisation, per-batch jitter) changes
+    # every image. So: nearly all images equal to rounding, and none far off.
     params = {**FAST, "octaves": 2, "iterations": 6, "lr": 0.03, "lr_end": 0.015, "jitter": 3, "scale_jitter": 0.1}
     units = list(range(0, 64, 5))
     batched = featvis.get("filter_visualization", **params).generate(model, "features.6", units)
     single = [featvis.get("filter_visualization", **params).generate(model, "features.6", [u]) for u in units]
-    assert torch.allclose(batched.images, torch.cat([s.images for s in single]), atol=1e-4)
-    assert torch.allclose(batched.loss_curve, torch.cat([s.loss_curve for s in single], 1), rtol=1e-4, atol=1e-6)
+    difference = (batched.images - torch.cat([s.images for s in single])).abs().amax((1, 2, 3))
+    assert (difference <= 1e-4).sum() >= len(units) - 1 and difference.max() < 0.05
+    equal = difference <= 1e-4
+    assert torch.allclose(batched.loss_curve[:, equal], torch.cat([s.loss_curve for s in single], 1)[:, equal],
+                          rtol=1e-4, atol=1e-6)
 
 
 def test_deep_dream_amplifies_layer_and_pairs_units(model, photos):
@@ -202,6 +207,8 @@ def test_centre_mask_is_the_originals_gaussian():
 
 def test_no_hooks_left_and_model_restored(model, photos):
     before = hook_count(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [type(m) for m in model.modules()]
     flags = [p.requires_grad for p in model.parameters()]
     inplace = [m.inplace for m in model.modules() if hasattr(m, "inplace")]
     featvis.get("filter_visualization", **{**FAST, "iterations": 2}).generate(model, "features.6", [0])
@@ -215,6 +222,9 @@ def test_no_hooks_left_and_model_restored(model, photos):
     assert hook_count(model) == before
     assert [p.requires_grad for p in model.parameters()] == flags
     assert [m.inplace for m in model.modules() if hasattr(m, "inplace")] == inplace
+    # The methods optimise on a copy with folded batch norms; the model given keeps its own.
+    assert [type(m) for m in model.modules()] == modules
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_bad_input_gives_clear_errors(model, photos):

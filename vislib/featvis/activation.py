@@ -25,6 +25,7 @@ from vislib.featvis.engine import (
     tap_layers,
 )
 from vislib.methods.hooks import frozen_model
+from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 OBJECTIVES = ("channel", "neuron")
@@ -63,6 +64,7 @@ class _UnitMaximiser(FeatVisMethod):
         """Optimised images, loss curve and start/end activations of `units` (None: whole layer)."""
         preprocessing = preprocessing_of(model)
         objective = self.params["objective"]
+        model = fold_batch_norms(model, preprocessing.normalize(init[:1]), keep=[layer])
         with frozen_model(model):
             _, stop = probe_layer(model, layer, preprocessing.normalize(init[:1]))
             with tap_layers(model, outputs=[layer], stop=stop) as taps:

@@ -22,6 +22,7 @@ from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, chec
 from vislib.featvis.engine import condition_gradient, gaussian_blur, resize, run, tap_layers
 from vislib.losses import general_robust_loss
 from vislib.methods.hooks import frozen_model
+from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 # One octave of the original's defaults; mask sigmas are fractions of the image side (420/512, 340/512).
@@ -237,6 +238,7 @@ class ClassAgnostic(FeatVisMethod):
                     channels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Run the octaves on the batch of cluster images; images, loss curve [T,B], dot scores start/end."""
         normalize = preprocessing_of(model).normalize
+        model = fold_batch_norms(model, normalize(start[:1]), keep=[layer, penalty])
         side = start.shape[-1]
         generator = torch.Generator().manual_seed(self.params["seed"])
         target_top = target.gather(1, channels)

@@ -11,6 +11,7 @@ from vislib.errors import ConfigError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_units, register, unit_noise
 from vislib.featvis.engine import ENGINE_DEFAULTS, optimize, settings_from
 from vislib.methods.hooks import frozen_model
+from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of
 
 
@@ -49,6 +50,7 @@ class ClassImage(FeatVisMethod):
             settings = settings_from(self.params, octaves=1, jitter=0, scale_jitter=0.0, blur_every=0,
                                      decay_weight=0.0, grad_pyramid=0, decorrelate=False)
         index = classes.to(device)[:, None]
+        model = fold_batch_norms(model, preprocessing.normalize(init[:1]))
 
         def logit(normalised: torch.Tensor) -> torch.Tensor:
             return model(normalised).gather(1, index)[:, 0]

@@ -19,6 +19,7 @@ from vislib.featvis.engine import (
     tap_layers,
 )
 from vislib.methods.hooks import frozen_model
+from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 
@@ -50,6 +51,7 @@ class Inversion(FeatVisMethod):
         init = init.to(device)
         targets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
+        model = fold_batch_norms(model, preprocessing.normalize(images[:1]), keep=[layer])
         with frozen_model(model):
             _, stop = probe_layer(model, layer, preprocessing.normalize(images[:1]))
             with tap_layers(model, outputs=[layer], stop=stop) as taps:

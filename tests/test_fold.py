@@ -1,0 +1,100 @@
+"""Batch-norm folding: same function, original untouched, pairs that are not plain conv->BN left alone."""
+
+import pytest
+import torch
+from torch import nn
+
+from vislib import models
+from vislib.models.fold import fold_batch_norms
+
+
+def _with_running_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm statistics and an affine map far from the identity, so folding matters."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            count = module.num_features
+            module.running_mean.copy_(torch.randn(count, generator=generator))
+            module.running_var.copy_(torch.rand(count, generator=generator) * 3 + 0.2)
+            module.weight.data.copy_(torch.randn(count, generator=generator))
+            module.bias.data.copy_(torch.randn(count, generator=generator))
+    return model.eval()
+
+
+def _norms(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@pytest.fixture
+def demonet():
+    torch.manual_seed(0)
+    return _with_running_stats(models.load("demonet"))
+
+
+def test_folded_demonet_computes_the_same_function_and_leaves_the_original(demonet):
+    state = {k: v.clone() for k, v in demonet.state_dict().items()}
+    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64), keep=["features.10"])
+    assert folded is not demonet
+    assert _norms(folded) == [] and isinstance(folded.features[1], nn.Identity)
+    assert _norms(demonet) == ["features.1", "features.5", "features.9", "features.13"]
+    assert all(torch.equal(v, state[k]) for k, v in demonet.state_dict().items())
+    assert folded.vislib_preprocessing is not None
+    images = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = demonet(images), folded(images)
+        inner_expected = demonet.features[:11](images)
+        inner_actual = folded.features[:11](images)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(inner_actual, inner_expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kept", ["features.4", "features.5"])
+def test_a_kept_convolution_or_batch_norm_is_not_folded(demonet, kept):
+    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64), keep=[kept])
+    assert _norms(folded) == ["features.5"]
+    assert isinstance(folded.features[4], nn.Conv2d) and folded.features[4].bias is None
+
+
+class _ConvFeedsTwo(nn.Module):
+    """The convolution's output feeds the batch norm and a skip connection: folding would change the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (self.norm(y) + y).mean((2, 3))
+
+
+class _NormFirst(nn.Module):
+    """Batch norm before the convolution (DenseNet's order): nothing to fold into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(self.norm(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("build", [_ConvFeedsTwo, _NormFirst])
+def test_models_whose_batch_norm_cannot_be_folded_are_returned_as_they_are(build):
+    model = _with_running_stats(build())
+    assert fold_batch_norms(model, torch.randn(1, 3, 8, 8)) is model
+
+
+def test_training_mode_batch_norms_are_not_folded(demonet):
+    demonet.train()
+    assert fold_batch_norms(demonet, torch.randn(2, 3, 64, 64)) is demonet
+
+
+def test_folding_keeps_parameter_grad_flags(demonet):
+    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64))
+    assert all(p.requires_grad for p in folded.parameters())
+    for p in demonet.parameters():
+        p.requires_grad_(False)
+    frozen = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64))
+    assert not any(p.requires_grad for p in frozen.parameters())
