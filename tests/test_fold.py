@@ -68,6 +68,25 @@ class _ConvFeedsTwo(nn.Module):
         return (self.norm(y) + y).mean((2, 3))
 
 
+class _WithUnusedBranch(nn.Module):
+    """A conv -> BN pair, and a module the forward pass never runs (like GoogLeNet's eval-mode aux heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.unused = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)).mean((2, 3))
+
+
+def test_a_kept_layer_the_forward_pass_never_runs_does_not_stop_folding():
+    model = _with_running_stats(_WithUnusedBranch())
+    folded = fold_batch_norms(model, torch.randn(1, 3, 8, 8), keep=["unused"])
+    assert isinstance(folded.norm, nn.Identity)
+
+
 class _NormFirst(nn.Module):
     """Batch norm before the convolution (DenseNet's order): nothing to fold into."""
 

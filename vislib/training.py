@@ -75,7 +75,7 @@ def train_classifier(model: nn.Module, train: CocoFormatDataset, val: CocoFormat
             loss.backward()
             optimizer.step()
             schedule.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += loss.item() * len(idx)
         val_acc = accuracy(model, val_x, val_y)
         curve.append({"epoch": epoch + 1, "train_loss": total_loss / len(train_x), "val_accuracy": val_acc,
                       "seconds": time.perf_counter() - start})

@@ -58,7 +58,7 @@ def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def _outputs(model: nn.Module, sample: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
-    """The logits and each of `layers`' outputs for `sample`."""
+    """The logits and the outputs of those of `layers` the forward pass runs (callers report the others)."""
     captured: dict[str, torch.Tensor] = {}
     handles = [model.get_submodule(name).register_forward_hook(
         lambda _m, _a, output, name=name: captured.__setitem__(name, output if isinstance(output, torch.Tensor)
@@ -69,7 +69,7 @@ def _outputs(model: nn.Module, sample: torch.Tensor, layers: Sequence[str]) -> l
     finally:
         for handle in handles:
             handle.remove()
-    return [logits, *(captured[name] for name in layers)]
+    return [logits, *(captured[name] for name in layers if name in captured)]
 
 
 def fold_batch_norms(model: nn.Module, sample: torch.Tensor, keep: Sequence[str] = ()) -> nn.Module:
