@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 32], help="image sides (64: the demo net's)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count()],
+    parser.add_argument("--threads", type=int, nargs="+", default=list(dict.fromkeys([1, os.cpu_count() or 1])),
                         help="torch CPU thread counts to measure with (one table row each)")
     parser.add_argument("--out", default="benchmarks/results/featvis.md")
     args = parser.parse_args()
@@ -43,7 +43,7 @@ def main() -> None:
     # generate folds the batch norms into the convolutions on every call (about 25 ms on this net on a
     # CPU): fold once here so the one-at-a-time loop is not charged for it once per unit.
     side = models.preprocessing_of(model).input_size
-    model = fold_batch_norms(model, torch.zeros(1, 3, side, side, device=device), keep=[LAYER])
+    model = fold_batch_norms(model, torch.zeros(1, 3, side, side, device=device), outputs=[LAYER])
     steps = PARAMS["iterations"] * PARAMS["octaves"]
     rows = []
     for threads in args.threads:

@@ -1,5 +1,7 @@
 """Batch-norm folding: same function, original untouched, pairs that are not plain conv->BN left alone."""
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ def demonet():
 
 def test_folded_demonet_computes_the_same_function_and_leaves_the_original(demonet):
     state = {k: v.clone() for k, v in demonet.state_dict().items()}
-    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64), keep=["features.10"])
+    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64), outputs=["features.10"])
     assert folded is not demonet
     assert _norms(folded) == [] and isinstance(folded.features[1], nn.Identity)
     assert _norms(demonet) == ["features.1", "features.5", "features.9", "features.13"]
@@ -48,9 +50,9 @@ def test_folded_demonet_computes_the_same_function_and_leaves_the_original(demon
     torch.testing.assert_close(inner_actual, inner_expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kept", ["features.4", "features.5"])
-def test_a_kept_convolution_or_batch_norm_is_not_folded(demonet, kept):
-    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64), keep=[kept])
+@pytest.mark.parametrize("read", [{"outputs": ["features.4"]}, {"inputs": ["features.5"]}])
+def test_a_value_folding_would_change_is_not_folded(demonet, read):
+    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64), **read)
     assert _norms(folded) == ["features.5"]
     assert isinstance(folded.features[4], nn.Conv2d) and folded.features[4].bias is None
 
@@ -83,7 +85,7 @@ class _WithUnusedBranch(nn.Module):
 
 def test_a_kept_layer_the_forward_pass_never_runs_does_not_stop_folding():
     model = _with_running_stats(_WithUnusedBranch())
-    folded = fold_batch_norms(model, torch.randn(1, 3, 8, 8), keep=["unused"])
+    folded = fold_batch_norms(model, torch.randn(1, 3, 8, 8), outputs=["unused"], inputs=["unused"])
     assert isinstance(folded.norm, nn.Identity)
 
 
@@ -105,9 +107,58 @@ def test_models_whose_batch_norm_cannot_be_folded_are_returned_as_they_are(build
     assert fold_batch_norms(model, torch.randn(1, 3, 8, 8)) is model
 
 
-def test_training_mode_batch_norms_are_not_folded(demonet):
+class _NormInsideReadBlock(nn.Module):
+    """conv -> post = (BN, ReLU): a caller reading post's input reads the convolution's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.post = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        return self.post(self.conv(x)).mean((2, 3))
+
+
+def test_a_pair_split_by_a_read_layer_is_folded_only_where_the_read_value_stays():
+    model = _with_running_stats(_NormInsideReadBlock())
+    assert fold_batch_norms(model, torch.randn(1, 3, 8, 8), inputs=["post"]) is model
+    assert isinstance(fold_batch_norms(model, torch.randn(1, 3, 8, 8), outputs=["post"]).post[0], nn.Identity)
+
+
+def test_a_read_batch_norm_output_is_the_same_after_folding(demonet):
+    images = torch.randn(3, 3, 64, 64)
+    folded = fold_batch_norms(demonet, images, outputs=["features.5"])
+    assert isinstance(folded.features[5], nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.features[:6](images), demonet.features[:6](images), rtol=1e-4, atol=1e-4)
+
+
+def test_a_training_mode_model_is_folded_into_an_eval_copy_and_left_unchanged(demonet):
     demonet.train()
-    assert fold_batch_norms(demonet, torch.randn(2, 3, 64, 64)) is demonet
+    demonet.features[5].eval()
+    state = {k: v.clone() for k, v in demonet.state_dict().items()}
+    folded = fold_batch_norms(demonet, torch.randn(1, 3, 64, 64))
+    assert _norms(folded) == [] and not folded.training
+    assert all(torch.equal(v, state[k]) for k, v in demonet.state_dict().items())
+    assert [m.training for m in demonet.modules()] == [m is not demonet.features[5] for m in demonet.modules()]
+
+
+class _Locked(nn.Module):
+    """A model holding something deepcopy cannot copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        return self.norm(self.conv(x)).mean((2, 3))
+
+
+def test_a_model_that_cannot_be_copied_is_returned_as_it_is():
+    model = _with_running_stats(_Locked())
+    assert fold_batch_norms(model, torch.randn(1, 3, 8, 8)) is model
 
 
 def test_folding_keeps_parameter_grad_flags(demonet):

@@ -64,7 +64,7 @@ class _UnitMaximiser(FeatVisMethod):
         """Optimised images, loss curve and start/end activations of `units` (None: whole layer)."""
         preprocessing = preprocessing_of(model)
         objective = self.params["objective"]
-        model = fold_batch_norms(model, preprocessing.normalize(init[:1]), keep=[layer])
+        model = fold_batch_norms(model, preprocessing.normalize(init[:1]), outputs=[layer])
         with frozen_model(model):
             _, stop = probe_layer(model, layer, preprocessing.normalize(init[:1]))
             with tap_layers(model, outputs=[layer], stop=stop) as taps:

@@ -238,7 +238,7 @@ class ClassAgnostic(FeatVisMethod):
                     channels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Run the octaves on the batch of cluster images; images, loss curve [T,B], dot scores start/end."""
         normalize = preprocessing_of(model).normalize
-        model = fold_batch_norms(model, normalize(start[:1]), keep=[layer, penalty])
+        model = fold_batch_norms(model, normalize(start[:1]), outputs=[layer], inputs=[penalty])
         side = start.shape[-1]
         generator = torch.Generator().manual_seed(self.params["seed"])
         target_top = target.gather(1, channels)

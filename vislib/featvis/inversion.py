@@ -51,7 +51,7 @@ class Inversion(FeatVisMethod):
         init = init.to(device)
         targets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-        model = fold_batch_norms(model, preprocessing.normalize(images[:1]), keep=[layer])
+        model = fold_batch_norms(model, preprocessing.normalize(images[:1]), outputs=[layer])
         with frozen_model(model):
             _, stop = probe_layer(model, layer, preprocessing.normalize(images[:1]))
             with tap_layers(model, outputs=[layer], stop=stop) as taps:

@@ -14,7 +14,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 _FOLD_TOLERANCE = 1e-4
 
 
-def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor, keep: Sequence[str]) -> list[tuple[str, str]]:
+def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, str]]:
     """(conv, batch norm) names where the batch norm's input is that convolution's output, both run once."""
     outputs: dict[str, torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
@@ -36,11 +36,9 @@ def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor, keep: Sequence[str]) 
 
     handles = []
     for name, module in model.named_modules():
-        if name in keep:
-            continue
         if isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(on_conv(name)))
-        elif isinstance(module, nn.BatchNorm2d) and not module.training and module.running_mean is not None:
+        elif isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
             handles.append(module.register_forward_pre_hook(on_norm(name)))
     try:
         with torch.no_grad():
@@ -53,40 +51,50 @@ def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor, keep: Sequence[str]) 
             if calls[norm] == 1 and id(tensor) in by_output]
 
 
+def _within(name: str, layer: str) -> bool:
+    return name == layer or name.startswith(layer + ".")
+
+
+def _changes_a_read_value(pair: tuple[str, str], outputs: Sequence[str], inputs: Sequence[str]) -> bool:
+    """Whether folding the pair changes what a read layer sees: the output of a layer that holds the
+    convolution but not the batch norm, or the input of one that holds the batch norm but not the convolution."""
+    conv, norm = pair
+    return (any(_within(conv, layer) and not _within(norm, layer) for layer in outputs)
+            or any(_within(norm, layer) and not _within(conv, layer) for layer in inputs))
+
+
 def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     return float((reference - other).norm() / reference.norm().clamp_min(1e-12))
 
 
-def _outputs(model: nn.Module, sample: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
-    """The logits and the outputs of those of `layers` the forward pass runs (callers report the others)."""
-    captured: dict[str, torch.Tensor] = {}
+def _observe(model: nn.Module, sample: torch.Tensor, outputs: Sequence[str],
+             inputs: Sequence[str]) -> list[torch.Tensor]:
+    """The logits, then the outputs and first inputs of those named layers the forward pass runs."""
+    seen: dict[tuple[str, str], torch.Tensor] = {}
+
+    def first_tensor(value) -> torch.Tensor:
+        return value if isinstance(value, torch.Tensor) else value[0]
+
     handles = [model.get_submodule(name).register_forward_hook(
-        lambda _m, _a, output, name=name: captured.__setitem__(name, output if isinstance(output, torch.Tensor)
-                                                                  else output[0])) for name in layers]
+        lambda _m, _a, output, name=name: seen.__setitem__(("out", name), first_tensor(output))) for name in outputs]
+    handles += [model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, args, name=name: seen.__setitem__(("in", name), first_tensor(args))) for name in inputs]
     try:
         with torch.no_grad():
             logits = model(sample)
     finally:
         for handle in handles:
             handle.remove()
-    return [logits, *(captured[name] for name in layers if name in captured)]
+    wanted = [("out", name) for name in outputs] + [("in", name) for name in inputs]
+    return [first_tensor(logits), *(seen[key] for key in wanted if key in seen)]
 
 
-def fold_batch_norms(model: nn.Module, sample: torch.Tensor, keep: Sequence[str] = ()) -> nn.Module:
-    """A copy of `model` with each eval-mode BatchNorm2d folded into the plain Conv2d right before it.
-
-    The batch norm becomes an Identity under its own name, so hooks on either name still see the
-    same values, except for pairs touching a layer in `keep` (layers whose input or output a caller
-    reads), which are left as they are. `sample` is a normalised batch the model accepts: it finds the
-    pairs and checks that the copy's logits and `keep` layers match the original's. When nothing can be
-    folded, or the check fails, `model` itself is returned. The original is never changed.
-    """
-    keep = [name for name in dict.fromkeys(keep) if name]
-    sample = sample[:1]
-    pairs = _conv_bn_pairs(model, sample, keep)
-    if not pairs:
-        return model
-    folded = copy.deepcopy(model)
+def _folded_copy(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module | None:
+    """A deep copy of `model` with `pairs` folded; None when the model cannot be deep-copied."""
+    try:
+        folded = copy.deepcopy(model)
+    except Exception:  # deepcopy fails with many types (locks, non-leaf tensors); folding is only a speed-up
+        return None
     for conv_name, norm_name in pairs:
         conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
         fused = fuse_conv_bn_eval(conv, norm)
@@ -95,7 +103,38 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor, keep: Sequence[str]
         for name, module in ((conv_name, fused), (norm_name, nn.Identity())):
             parent, _, attribute = name.rpartition(".")
             setattr(folded.get_submodule(parent), attribute, module)
-    reference, candidate = _outputs(model, sample, keep), _outputs(folded, sample, keep)
-    if any(_relative_error(a, b) > _FOLD_TOLERANCE for a, b in zip(reference, candidate, strict=True)):
+    return folded
+
+
+def fold_batch_norms(model: nn.Module, sample: torch.Tensor, outputs: Sequence[str] = (),
+                     inputs: Sequence[str] = ()) -> nn.Module:
+    """An eval-mode copy of `model` with each BatchNorm2d folded into the Conv2d right before it.
+
+    The batch norm becomes an Identity under its own name, so a hook on it sees what it saw before.
+    `outputs` and `inputs` name the layers whose outputs and inputs the caller reads; a pair whose
+    folding would change one of those values (a read convolution's output, a read batch norm's
+    input, or the same across a container's edge) is left as it is. `sample` is a normalised batch the model accepts: one forward pass finds the pairs, another
+    checks that the copy's logits and those layers' values match the original's to 1e-4 relative.
+    When nothing can be folded, the check fails or the model cannot be copied, `model` itself is
+    returned. The original's weights, buffers and training flags are never changed; the copy holds a
+    second set of parameters (on the model's device) for as long as the caller keeps it.
+    """
+    outputs = [name for name in dict.fromkeys(outputs) if name]
+    inputs = [name for name in dict.fromkeys(inputs) if name]
+    sample = sample[:1]
+    modes = [(module, module.training) for module in model.modules()]
+    # Eval mode: batch norms then use (and do not update) their running statistics, as the folded copy does.
+    model.eval()
+    try:
+        pairs = [pair for pair in _conv_bn_pairs(model, sample) if not _changes_a_read_value(pair, outputs, inputs)]
+        folded = _folded_copy(model, pairs) if pairs else None
+        if folded is None:
+            return model
+        reference, candidate = _observe(model, sample, outputs, inputs), _observe(folded, sample, outputs, inputs)
+    finally:
+        for module, training in modes:
+            module.training = training
+    if len(reference) != len(candidate) or any(
+            _relative_error(a, b) > _FOLD_TOLERANCE for a, b in zip(reference, candidate, strict=True)):
         return model
     return folded
