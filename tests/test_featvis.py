@@ -93,13 +93,16 @@ def test_batch_of_units_equals_one_unit_at_a_time(model):
     # Jitter is shared by the batch and start noise is drawn per unit, so only float rounding of
     # batched convolutions differs. Rounding can still flip a max-pool choice in an odd image, which then
     # drifts by ~1e-2; a real dependence on the batch (per-batch normalisation, per-batch jitter) changes
-    # every image. So: nearly all images equal to rounding, and none far off.
+    # every image. So: nearly all images equal to rounding, none far off, and every unit's final
+    # activation the same (the flipped image reaches it too).
     params = {**FAST, "octaves": 2, "iterations": 6, "lr": 0.03, "lr_end": 0.015, "jitter": 3, "scale_jitter": 0.1}
     units = list(range(0, 64, 5))
     batched = featvis.get("filter_visualization", **params).generate(model, "features.6", units)
     single = [featvis.get("filter_visualization", **params).generate(model, "features.6", [u]) for u in units]
     difference = (batched.images - torch.cat([s.images for s in single])).abs().amax((1, 2, 3))
     assert (difference <= 1e-4).sum() >= len(units) - 1 and difference.max() < 0.05
+    single_end = torch.cat([s.extras["activation_end"] for s in single])
+    torch.testing.assert_close(batched.extras["activation_end"], single_end, rtol=1e-3, atol=1e-6)
     equal = difference <= 1e-4
     assert torch.allclose(batched.loss_curve[:, equal], torch.cat([s.loss_curve for s in single], 1)[:, equal],
                           rtol=1e-4, atol=1e-6)
