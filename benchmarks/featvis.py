@@ -19,8 +19,8 @@ import torch
 from timing import best_seconds
 
 from vislib import featvis, models
+from vislib.featvis.fold import fold_batch_norms
 from vislib.io import write_text
-from vislib.models.fold import fold_batch_norms
 
 LAYER = "features.14"
 PARAMS = {"iterations": 16, "octaves": 2, "jitter": 4, "scale_jitter": 0.05}

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from timing import best_seconds
 
 from vislib import featvis, models, pipeline
 from vislib.data.dataset import CocoFormatDataset
@@ -60,14 +59,9 @@ LAVISE_TRAIN = {
 
 def seconds(run: Callable[[], Any], repeats: int = 2) -> tuple[float, Any]:
     """Best wall time of `repeats` calls after one warm-up call (first calls allocate and convert layouts),
-    and the last call's result."""
+    and the warm-up call's result."""
     result = run()
-    best = math.inf
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - tick)
-    return best, result
+    return best_seconds({"run": run}, repeats)["run"], result
 
 
 def backbone_pass(net: torch.nn.Module, layer: str, x: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vislib import models
-from vislib.models.fold import fold_batch_norms
+from vislib.featvis.fold import fold_batch_norms
 
 
 def _with_running_stats(model: nn.Module, seed: int = 0) -> nn.Module:

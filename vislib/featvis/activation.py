@@ -24,8 +24,8 @@ from vislib.featvis.engine import (
     settings_from,
     tap_layers,
 )
+from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
-from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 OBJECTIVES = ("channel", "neuron")
@@ -64,9 +64,10 @@ class _UnitMaximiser(FeatVisMethod):
         """Optimised images, loss curve and start/end activations of `units` (None: whole layer)."""
         preprocessing = preprocessing_of(model)
         objective = self.params["objective"]
-        model = fold_batch_norms(model, preprocessing.normalize(init[:1]), outputs=[layer])
+        sample = preprocessing.normalize(init[:1])
+        model = fold_batch_norms(model, sample, outputs=[layer])
         with frozen_model(model):
-            _, stop = probe_layer(model, layer, preprocessing.normalize(init[:1]))
+            _, stop = probe_layer(model, layer, sample)
             with tap_layers(model, outputs=[layer], stop=stop) as taps:
 
                 def score(normalised: torch.Tensor) -> torch.Tensor:

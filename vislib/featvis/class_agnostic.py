@@ -20,9 +20,9 @@ from torch import nn
 from vislib.errors import ConfigError, DataError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, check_units, register
 from vislib.featvis.engine import condition_gradient, gaussian_blur, resize, run, tap_layers
+from vislib.featvis.fold import fold_batch_norms
 from vislib.losses import general_robust_loss
 from vislib.methods.hooks import frozen_model
-from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 # One octave of the original's defaults; mask sigmas are fractions of the image side (420/512, 340/512).

@@ -10,8 +10,8 @@ from torch import nn
 from vislib.errors import ConfigError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_units, register, unit_noise
 from vislib.featvis.engine import ENGINE_DEFAULTS, optimize, settings_from
+from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
-from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of
 
 

@@ -18,8 +18,8 @@ from vislib.featvis.engine import (
     settings_from,
     tap_layers,
 )
+from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
-from vislib.models.fold import fold_batch_norms
 from vislib.models.registry import preprocessing_of, resolve_layer
 
 
@@ -51,9 +51,10 @@ class Inversion(FeatVisMethod):
         init = init.to(device)
         targets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-        model = fold_batch_norms(model, preprocessing.normalize(images[:1]), outputs=[layer])
+        sample = preprocessing.normalize(images[:1])
+        model = fold_batch_norms(model, sample, outputs=[layer])
         with frozen_model(model):
-            _, stop = probe_layer(model, layer, preprocessing.normalize(images[:1]))
+            _, stop = probe_layer(model, layer, sample)
             with tap_layers(model, outputs=[layer], stop=stop) as taps:
 
                 def features(normalised: torch.Tensor) -> torch.Tensor:

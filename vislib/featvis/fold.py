@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from vislib.featvis.engine import run, tap_layers
+
 # A folded model computes the same function up to float rounding; more than this relative error
 # means a pair was not what the hooks suggested (e.g. the convolution's output also feeds a residual).
 _FOLD_TOLERANCE = 1e-4
@@ -70,23 +72,11 @@ def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
 def _observe(model: nn.Module, sample: torch.Tensor, outputs: Sequence[str],
              inputs: Sequence[str]) -> list[torch.Tensor]:
     """The logits, then the outputs and first inputs of those named layers the forward pass runs."""
-    seen: dict[tuple[str, str], torch.Tensor] = {}
-
-    def first_tensor(value) -> torch.Tensor:
-        return value if isinstance(value, torch.Tensor) else value[0]
-
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda _m, _a, output, name=name: seen.__setitem__(("out", name), first_tensor(output))) for name in outputs]
-    handles += [model.get_submodule(name).register_forward_pre_hook(
-        lambda _m, args, name=name: seen.__setitem__(("in", name), first_tensor(args))) for name in inputs]
-    try:
-        with torch.no_grad():
-            logits = model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    wanted = [("out", name) for name in outputs] + [("in", name) for name in inputs]
-    return [first_tensor(logits), *(seen[key] for key in wanted if key in seen)]
+    with tap_layers(model, outputs=outputs, inputs=inputs) as taps, torch.no_grad():
+        logits = run(model, sample, taps)
+    return [logits if isinstance(logits, torch.Tensor) else logits[0],
+            *(taps.outputs[name] for name in outputs if name in taps.outputs),
+            *(taps.inputs[name] for name in inputs if name in taps.inputs)]
 
 
 def _folded_copy(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module | None:
@@ -113,8 +103,9 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor, outputs: Sequence[s
     The batch norm becomes an Identity under its own name, so a hook on it sees what it saw before.
     `outputs` and `inputs` name the layers whose outputs and inputs the caller reads; a pair whose
     folding would change one of those values (a read convolution's output, a read batch norm's
-    input, or the same across a container's edge) is left as it is. `sample` is a normalised batch the model accepts: one forward pass finds the pairs, another
-    checks that the copy's logits and those layers' values match the original's to 1e-4 relative.
+    input, or the same across a container's edge) is left as it is. `sample` is a normalised batch
+    the model accepts: one forward pass finds the pairs, another checks that the copy's logits and
+    those layers' values match the original's to 1e-4 relative.
     When nothing can be folded, the check fails or the model cannot be copied, `model` itself is
     returned. The original's weights, buffers and training flags are never changed; the copy holds a
     second set of parameters (on the model's device) for as long as the caller keeps it.
@@ -134,7 +125,6 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor, outputs: Sequence[s
     finally:
         for module, training in modes:
             module.training = training
-    if len(reference) != len(candidate) or any(
-            _relative_error(a, b) > _FOLD_TOLERANCE for a, b in zip(reference, candidate, strict=True)):
+    if any(_relative_error(a, b) > _FOLD_TOLERANCE for a, b in zip(reference, candidate, strict=True)):
         return model
     return folded
