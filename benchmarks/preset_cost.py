@@ -43,6 +43,7 @@ from vislib.io import write_text
 from vislib.lavise.model import Explainer
 from vislib.lavise.train import csmr_loss
 from vislib.methods.hooks import capture_layer
+from vislib.params import defaults as declared_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "config" / "presets"
@@ -79,7 +80,7 @@ def explainer_step(explainer: Explainer, optimizer: torch.optim.Optimizer, items
 
 def featvis_run(net: torch.nn.Module, layer: str | None, name: str, params: dict[str, Any], iterations: int,
                 units: int, images: torch.Tensor, source: str) -> None:
-    method = featvis.get(name, **with_iterations(params, featvis.FEATVIS[name].defaults, iterations))
+    method = featvis.get(name, **with_iterations(params, declared_defaults(featvis.FEATVIS[name].Params), iterations))
     kwargs = {"images": images} if source in ("images", "clusters") else {}
     if source != "images":
         kwargs["units"] = list(range(units))
@@ -223,7 +224,7 @@ def featvis_rows(preset: dict, experiment: dict, args) -> list[dict]:
                 source = method_class.unit_source
                 total_units = {"channels": block.get("channels", 8), "classes": len(block.get("classes", [])),
                                "images": block.get("images", 4),
-                               "clusters": params.get("num_clusters", method_class.defaults.get("num_clusters"))
+                               "clusters": params.get("num_clusters", declared_defaults(method_class.Params).get("num_clusters"))
                                }[source]
                 units = min(args.featvis_units, total_units)
                 images = torch.rand(units if source == "images" else args.featvis_image_set, 3, size, size)
@@ -231,7 +232,7 @@ def featvis_rows(preset: dict, experiment: dict, args) -> list[dict]:
                 low, high = (seconds(functools.partial(featvis_run, net, target_layer, name, params, n, units, images,
                                                        source), 1)[0] for n in (2, 4))
                 per_iteration = (high - low) / 2
-                target = preset_iterations(params, method_class.defaults)
+                target = preset_iterations(params, declared_defaults(method_class.Params))
                 cost = (low + per_iteration * (target - 2)) * total_units / units
                 rows.append({"model": model_name, "layer": layer, "method": label, "units": total_units,
                              "iterations": target, "total": cost})

@@ -1,15 +1,20 @@
 # Config validation, path helpers and input functions shared by every rule.
 import math
+import os
 
+import yaml
 from snakemake.utils import validate
 
-from vislib.config import check_config, experiment_jobs, metric_spec, method_spec, model_weights
+from vislib.config import check_config, check_keys, experiment_jobs, metric_spec, method_spec, model_weights
 from vislib.errors import VislibError
 from vislib.methods import METHODS
 
 
-validate(config, "../config/schema.yaml")
 try:
+    # Unknown keys first: the schema's own message for one names no valid alternative.
+    with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
+        check_keys(config, yaml.safe_load(_schema))
+    validate(config, "../config/schema.yaml")
     check_config(config)
 except VislibError as exc:
     raise WorkflowError(f"invalid config: {exc}")
@@ -201,8 +206,6 @@ for _experiment in config["experiments"]:
 
 
 # Pretrained torchvision weights: the `weights` target fetches them into the cache (see rules/data.smk).
-import os
-
 from vislib.models.torchvision_models import cached_weights, weights_cache_dir, weights_url
 
 WEIGHTS_CACHE = str(weights_cache_dir())

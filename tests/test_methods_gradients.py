@@ -237,7 +237,7 @@ def test_gradient_method_parameters_are_checked():
         methods.get("integrated_gradients", baseline="white")
     with pytest.raises(ConfigError, match="'rule' must be one of"):
         methods.get("integrated_gradients", rule="simpson")
-    with pytest.raises(ConfigError, match="steps >= 2"):
+    with pytest.raises(ConfigError, match="'steps' must be >= 2"):
         methods.get("integrated_gradients", steps=1)
     with pytest.raises(ConfigError, match="'relu6' must be bool"):
         methods.get("guided_backprop", relu6=1)

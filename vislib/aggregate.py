@@ -38,9 +38,12 @@ def bootstrap_ci(values: np.ndarray, n_resamples: int = 2000, level: float = 0.9
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def summarize(table: pa.Table | pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Mean, 95% bootstrap CI, count and failures per dataset/model/layer/method/metric."""
+def summarize(table: pa.Table | pd.DataFrame, seed: int = 0,
+              higher_is_better: dict[str, bool] | None = None) -> pd.DataFrame:
+    """Mean, 95% bootstrap CI, count and failures per dataset/model/layer/method/metric, and which way each
+    metric improves (`higher_is_better`, None where not given)."""
     frame = table.to_pandas() if isinstance(table, pa.Table) else table
+    directions = higher_is_better or {}
     rows = []
     for key, group in frame.groupby(GROUP_COLUMNS, sort=True):
         values = group["value"].to_numpy(dtype=float)
@@ -49,23 +52,37 @@ def summarize(table: pa.Table | pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         seconds = group["seconds_per_image"].to_numpy(dtype=float)
         rows.append({**dict(zip(GROUP_COLUMNS, key, strict=True)),
                      "mean": float(finite.mean()) if len(finite) else float("nan"),
+                     "higher_is_better": directions.get(key[-1]),
                      "ci_low": low, "ci_high": high, "n": int(len(finite)),
                      "n_undefined": int(len(values) - len(finite)),
                      "seconds_per_image": float(np.nanmean(seconds)) if np.isfinite(seconds).any() else float("nan")})
-    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, "mean", "ci_low", "ci_high", "n", "n_undefined",
+    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, "higher_is_better", "mean", "ci_low", "ci_high", "n", "n_undefined",
                                        "seconds_per_image"])
 
 
 def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
-    """The summary as a Markdown table: value as mean [CI] (n)."""
+    """The summary as a Markdown table: value as mean [CI] (n); arrows say whether higher or lower is better."""
     lines = [f"# {title}", ""] if title else []
     lines += ["| dataset | model | layer | method | metric | mean | 95% CI | n | undefined | s/image |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary.itertuples(index=False):
         ci = "–" if np.isnan(row.ci_low) else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
-        lines.append(f"| {row.dataset} | {row.model} | {row.layer} | {row.method} | {row.metric} | "
+        better = getattr(row, "higher_is_better", None)
+        arrow = "" if better is None or pd.isna(better) else (" ↑" if better else " ↓")
+        lines.append(f"| {row.dataset} | {row.model} | {row.layer} | {row.method} | {row.metric}{arrow} | "
                      f"{row.mean:.3f} | {ci} | {row.n} | {row.n_undefined} | {row.seconds_per_image:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def reduce_over_datasets(table: pa.Table) -> pa.Table:
+    """Apply the dataset-level reduction of every registered metric in the table that declares one."""
+    from vislib.metrics import METRICS
+
+    for name in sorted(set(table.column("metric").to_pylist())):
+        reduction = METRICS[name].dataset_reduction if name in METRICS else None
+        if reduction is not None:
+            table = reduction(table, GROUP_COLUMNS[:-1])
+    return table
 
 
 def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLike,
@@ -73,11 +90,12 @@ def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLik
               metadata: dict[str, str], title: str = "") -> pd.DataFrame:
     """Write metrics.parquet, summary.parquet and summary.md (each atomically) and return the summary."""
     # Imported here: vislib.metrics imports torch (3 s), which the chart jobs importing this module never need.
-    from vislib.metrics.localization import apply_dataset_max_box_acc
+    from vislib.metrics import METRICS
 
-    table = apply_dataset_max_box_acc(collect(files), GROUP_COLUMNS[:-1])
+    table = reduce_over_datasets(collect(files))
     write_parquet(metrics_path, table, metadata)
-    summary = summarize(table)
+    names = set(table.column("metric").to_pylist())
+    summary = summarize(table, higher_is_better={n: METRICS[n].higher_is_better for n in names if n in METRICS})
     write_parquet(summary_path, pa.Table.from_pandas(summary, preserve_index=False), metadata)
     write_text(summary_md_path, summary_markdown(summary, title))
     return summary

@@ -14,6 +14,7 @@ from vislib.errors import ConfigError, VislibError
 from vislib.featvis.engine import probe_layer
 from vislib.featvis.jobs import CLASS_LAYER, unit_indices, unit_source
 from vislib.lavise.jobs import check_settings, filter_list, lavise_settings
+from vislib.params import unknown_key_message
 from vislib.registry import unknown_name_message
 
 
@@ -141,11 +142,36 @@ def _checked_layers(config: dict, models_block: dict[str, list[str]],
     return checked
 
 
+def check_keys(config: Any, schema: dict[str, Any], where: str = "config") -> None:
+    """Reject a key the JSON schema does not define, anywhere in the config, naming the closest valid key.
+
+    Runs before the schema validation, whose message for an unknown key lists no alternatives; objects whose
+    keys are user labels (`additionalProperties` a schema) are checked one level further down.
+    """
+    if not isinstance(config, dict) or schema.get("type") not in ("object", None):
+        return
+    properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, value in config.items():
+        path = f"{where}.{key}" if where != "config" else str(key)
+        if key in properties:
+            check_keys(value, properties[key], path)
+        elif isinstance(extra, dict):
+            check_keys(value, extra, path)
+        elif extra is False:
+            raise ConfigError(unknown_key_message(where if where != "config" else "the config", str(key),
+                                                  list(properties)))
+
+
 def check_config(config: dict) -> None:
     """Fail before any job runs if the config names an unknown model, layer, method, metric, dataset or
     featvis method, or has LaViSE settings no run can use."""
     for name, spec in config["datasets"].items():
         _known("dataset kind", spec["kind"], DATASETS.names(), f"datasets.{name}.kind")
+        try:
+            DATASETS[spec["kind"]].parse_params(spec["kind"], spec.get("params"))
+        except VislibError as exc:
+            raise ConfigError(f"datasets.{name}.params: {exc}") from None
     for name, spec in config["models"].items():
         _known("model", spec["arch"], models.MODELS.names(), f"models.{name}.arch")
         if "train" in spec:

@@ -9,9 +9,10 @@ import os
 import platform
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +85,7 @@ class HeatmapShard:
 
 def save_shard(path: str | os.PathLike, shard: HeatmapShard) -> None:
     """Write a heatmap shard atomically (.npz)."""
-    arrays = {
+    arrays: dict[str, np.ndarray | np.generic] = {
         "maps": shard.maps.astype(np.float16),
         "image_ids": shard.image_ids.astype(np.int64),
         "targets": shard.targets.astype(np.int64),
@@ -96,11 +97,14 @@ def save_shard(path: str | os.PathLike, shard: HeatmapShard) -> None:
     _save_npz(path, arrays, shard.extras)
 
 
-def _save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> None:
+def _save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | np.generic],
+              extras: Mapping[str, np.ndarray]) -> None:
     """Write `arrays` and `extras` (stored as `extra_<name>`) to one .npz, atomically."""
+    # Any: mypy matches str-keyed ** unpacking against savez's `allow_pickle: bool` keyword too.
+    members: dict[str, Any] = {**arrays, **{f"extra_{k}": v for k, v in extras.items()}}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays, **{f"extra_{k}": v for k, v in extras.items()})
+            np.savez(handle, **members)
 
 
 def _load_npz(path: str | os.PathLike, what: str, build):
@@ -189,7 +193,7 @@ class FeatVisShard:
 
 def save_featvis_shard(path: str | os.PathLike, shard: FeatVisShard) -> None:
     """Write a feature-visualization shard atomically (.npz)."""
-    arrays = {
+    arrays: dict[str, np.ndarray | np.generic] = {
         "method": np.array(shard.method), "layer": np.array(shard.layer),
         "images": shard.images.astype(np.float32), "units": shard.units.astype(np.int64),
         "labels": np.array(shard.labels, dtype=np.str_), "loss_curve": shard.loss_curve.astype(np.float32),

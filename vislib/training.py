@@ -13,6 +13,7 @@ from torch import nn
 from vislib.data.dataset import CocoFormatDataset
 from vislib.io import atomic_path
 from vislib.methods.base import fast_layout
+from vislib.models.registry import preprocessing_of
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class TrainConfig:
 
 
 def _load_all(dataset: CocoFormatDataset, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = dataset.load_batch(dataset.image_ids(), model.vislib_preprocessing, with_masks=False)
+    batch = dataset.load_batch(dataset.image_ids(), preprocessing_of(model), with_masks=False)
     return batch.images, batch.labels
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from vislib.data.cocoformat import (
     CocoWriter,
@@ -14,15 +15,21 @@ from vislib.data.cocoformat import (
     read_coco_split,
 )
 from vislib.data.dataset import Batch, CocoFormatDataset, Sample, read_image, to_input
+from vislib.params import NoParams, as_dict, parse
 from vislib.registry import Registry
 
 
 @dataclass(frozen=True)
 class DatasetKind:
-    """How to make a dataset on disk (`prepare`) and how to read it (`open`)."""
+    """How to make a dataset on disk (`prepare`), its declared parameters and how to read it (`open`)."""
 
     prepare: Callable[..., dict[str, int]]  # prepare(root, **params) -> images per split
     open: Callable[[str, str | os.PathLike, str], CocoFormatDataset]  # open(name, root, split)
+    Params: type = NoParams
+
+    def parse_params(self, kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The config's `params` of a dataset of this kind, checked and filled with defaults."""
+        return as_dict(parse(f"dataset kind {kind!r} params", self.Params, params))
 
 
 DATASETS: Registry[DatasetKind] = Registry("dataset kind")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import http.client
 import logging
@@ -16,8 +17,9 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO, TypedDict, Unpack
 
 from tqdm import tqdm
 
@@ -179,18 +181,27 @@ def _safe_target(dest: Path, name: str, archive: Path) -> Path:
     return dest.joinpath(*rel.parts)
 
 
-def _members(archive: Path) -> Iterator[tuple[str, int, object]]:
+def _tar_opener(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
+    def opener() -> IO[bytes]:
+        src = tf.extractfile(member)
+        if src is None:  # only for non-regular members, which `_members` skips
+            raise DataError(f"archive member {member.name!r} cannot be read as a file")
+        return src
+    return opener
+
+
+def _members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]]:
     """(name, size, opener) of every regular file in a zip or tar archive."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
-                    yield info.filename, info.file_size, lambda info=info: zf.open(info)
+                    yield info.filename, info.file_size, functools.partial(zf.open, info)
         return
     with tarfile.open(archive) as tf:
         for member in tf:
             if member.isfile():
-                yield member.name, member.size, lambda member=member: tf.extractfile(member)
+                yield member.name, member.size, _tar_opener(tf, member)
 
 
 def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -227,8 +238,20 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
+class _DownloadOptions(TypedDict, total=False):
+    """Keyword arguments `fetch` passes through to `download`."""
+
+    sha256: str | None
+    md5: str | None
+    sha256_prefix: str | None
+    retries: int
+    backoff: float
+    timeout: float
+    progress: bool
+
+
 def fetch(url: str, downloads: str | os.PathLike, extract_to: str | os.PathLike | None = None,
-          **checks: str | None) -> Path:
+          **checks: Unpack[_DownloadOptions]) -> Path:
     """Download `url` into `downloads` (verified), then extract it into `extract_to` if given."""
     path = download(url, Path(downloads) / PurePosixPath(url).name, extracted=extract_to is not None, **checks)
     return extract(path, extract_to) if extract_to is not None else path

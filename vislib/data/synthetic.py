@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vislib.data.cocoformat import CocoWriter
 from vislib.errors import ConfigError
+from vislib.params import param
 
 CATEGORIES = ["circle", "square", "triangle", "star", "cross", "ring"]
 COLOURS = {
@@ -22,14 +24,14 @@ TEXTURES = ["solid", "striped", "dotted"]
 
 @dataclass(frozen=True)
 class ShapesConfig:
-    """Sizes and counts of the generated dataset."""
+    """Sizes and counts of the generated dataset (the `shapes` kind's parameters)."""
 
-    n_train: int = 2000
-    n_val: int = 200
-    image_size: int = 64
-    min_objects: int = 1
-    max_objects: int = 3
-    seed: int = 0
+    n_train: int = param(2000, "images in the train split", minimum=1)
+    n_val: int = param(200, "images in the val split", minimum=1)
+    image_size: int = param(64, "image side in pixels", minimum=32)
+    min_objects: int = param(1, "fewest shapes per image", minimum=1, maximum=3)
+    max_objects: int = param(3, "most shapes per image", minimum=1, maximum=3)
+    seed: int = param(0, "seed of the whole dataset")
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects <= 3:
@@ -103,7 +105,8 @@ def _render(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarray, li
     n_objects = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     # The first object is the largest by construction, so the image label is never ambiguous.
     radii = [rng.uniform(0.2, 0.3) * size] + [rng.uniform(0.09, 0.14) * size for _ in range(n_objects - 1)]
-    objects, taken = [], []
+    objects: list[dict[str, Any]] = []
+    taken: list[tuple[float, float, float]] = []
     for radius in radii:
         spot = _place(rng, size, radius, taken)
         if spot is None:

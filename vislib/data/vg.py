@@ -6,6 +6,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -20,14 +21,14 @@ META_URL = "https://visualgenome.org/static/data/dataset"
 IMAGE_FOLDER = "raw"
 
 
-class _Categories(list):
+class _Categories(list[str]):
     """A category list whose `index` is a dict lookup: VG has millions of objects and thousands of categories."""
 
     def __init__(self, names: list[str]) -> None:
         super().__init__(names)
         self._positions = {n: i for i, n in enumerate(names)}
 
-    def index(self, name: str, *args: int) -> int:
+    def index(self, name: str, *args: SupportsIndex) -> int:
         """Position of `name` (ValueError if absent, as list.index)."""
         try:
             return self._positions[name]
@@ -48,6 +49,11 @@ def category_of(obj: dict) -> str | None:
         return obj["synsets"][0].split(".")[0]
     names = obj.get("names") or ([obj["name"]] if obj.get("name") else [])
     return names[0].strip().lower().replace(" ", "_") if names else None
+
+
+def _image_id(entry: dict) -> int:
+    """An entry's image id, which VG's files call `image_id` or `id`."""
+    return entry["image_id"] if "image_id" in entry else entry["id"]
 
 
 def _attributes_by_object(attributes: list[dict]) -> dict[int, list[str]]:
@@ -73,20 +79,19 @@ def convert_vg(root: str | os.PathLike, objects_json: str | os.PathLike, image_d
     meta = {m.get("image_id", m.get("id")): m for m in _load(Path(image_data_json))}
     entries = _load(Path(objects_json))
     attrs = _attributes_by_object(_load(Path(attributes_json))) if attributes_json else {}
-    counts = Counter(category_of(o) for e in entries for o in e["objects"])
-    counts.pop(None, None)
+    counts = Counter(c for e in entries for o in e["objects"] if (c := category_of(o)) is not None)
     categories = _Categories(sorted(c for c, n in counts.items() if n >= min_instances))
     if not categories:
         raise DataError(f"no Visual Genome category has {min_instances} or more objects; lower params.min_instances")
     keep = set(categories)
-    image_ids = sorted(e.get("image_id", e.get("id")) for e in entries)
+    image_ids = sorted(_image_id(e) for e in entries)
     in_val = dict(zip(image_ids, np.random.default_rng(seed).random(len(image_ids)) < val_fraction, strict=True))
     writers = {s: CocoWriter(root, s, categories) for s in ("train", "val")}
     for entry in entries:
-        image_id = entry.get("image_id", entry.get("id"))
+        image_id = _image_id(entry)
         if image_id not in meta:
             raise DataError(f"image {image_id} of {str(objects_json)!r} is not in {str(image_data_json)!r}")
-        objects = [{"category": category_of(o), "bbox": [o["x"], o["y"], o["w"], o["h"]],
+        objects: list[dict[str, Any]] = [{"category": category_of(o), "bbox": [o["x"], o["y"], o["w"], o["h"]],
                     "attributes": attrs.get(o["object_id"], [])}
                    for o in entry["objects"] if category_of(o) in keep]
         if not objects:

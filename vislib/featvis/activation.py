@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,16 +18,18 @@ from vislib.featvis.base import (
     unit_noise,
 )
 from vislib.featvis.engine import (
-    ENGINE_DEFAULTS,
+    EngineSettings,
     optimize,
     probe_layer,
     run,
     settings_from,
+    spatial_size,
     tap_layers,
 )
 from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
+from vislib.params import param, with_defaults
 
 OBJECTIVES = ("channel", "neuron")
 
@@ -47,17 +50,22 @@ def unit_activation(activation: torch.Tensor, units: torch.Tensor | None, object
     return per_channel.gather(1, units.to(activation.device)[:, None])[:, 0]
 
 
+@dataclass(frozen=True)
+class _DreamParams(EngineSettings):
+    objective: str = param("channel", "maximise a channel's mean, or its centre neuron", choices=OBJECTIVES)
+    seed: int = param(0, "seed of the jitter (and of the start noise)")
+
+
+@dataclass(frozen=True)
+class _NoiseStartParams(_DreamParams):
+    size: int = param(0, "image side in pixels (0: the model's input size)", minimum=0)
+    init_std: float = param(0.1, "std of the grey start noise", minimum=0)
+
+
 class _UnitMaximiser(FeatVisMethod):
     """Shared machinery: maximise unit scores of one layer from given start images."""
 
     unit_word = "channel"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.params["objective"] not in OBJECTIVES:
-            raise ConfigError(
-                f"featvis {self.name!r}: objective must be one of {OBJECTIVES}, got {self.params['objective']!r}"
-            )
 
     def _maximise(self, model: nn.Module, layer: str, units: torch.Tensor | None, init: torch.Tensor,
                   base: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -100,11 +108,10 @@ class FilterVisualization(_UnitMaximiser):
 
     name = "filter_visualization"
     unit_source = "channels"
-    defaults = {
-        **ENGINE_DEFAULTS, "objective": "channel", "size": 0, "init_std": 0.1, "seed": 0,
-        "iterations": 24, "lr": 0.02, "lr_end": 0.005, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,
-        "octaves": 4, "octave_scale": 1.5, "jitter": 16, "scale_jitter": 0.1, "blur_every": 4, "blur_sigma": 0.5,
-    }
+    Params = with_defaults(
+        _NoiseStartParams, iterations=24, lr=0.02, lr_end=0.005, optimizer="normalized", grad_pyramid=4,
+        decorrelate=True, octaves=4, octave_scale=1.5, jitter=16, scale_jitter=0.1, blur_every=4, blur_sigma=0.5,
+    )
 
     def generate(self, model: nn.Module, layer: str | None, units: Sequence[int] | torch.Tensor | None = None,
                  images: torch.Tensor | None = None) -> FeatVisResult:
@@ -130,11 +137,10 @@ class DeepDream(_UnitMaximiser):
 
     name = "deep_dream"
     unit_source = "images"
-    defaults = {
-        **ENGINE_DEFAULTS, "objective": "channel", "seed": 0,
-        "iterations": 10, "lr": 0.01, "lr_end": 0.01, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,
-        "octaves": 4, "octave_scale": 1.4, "jitter": 16,
-    }
+    Params = with_defaults(
+        _DreamParams, iterations=10, lr=0.01, lr_end=0.01, optimizer="normalized", grad_pyramid=4, decorrelate=True,
+        octaves=4, octave_scale=1.4, jitter=16,
+    )
 
     def generate(self, model: nn.Module, layer: str | None, units: Sequence[int] | torch.Tensor | None = None,
                  images: torch.Tensor | None = None) -> FeatVisResult:
@@ -148,7 +154,7 @@ class DeepDream(_UnitMaximiser):
         device = next(model.parameters()).device
         images = check_images(images, self.name).to(device)
         if units is not None:
-            count = self._layer_units(model, layer, tuple(images.shape[-2:]), device)
+            count = self._layer_units(model, layer, spatial_size(images), device)
             units = check_units(units, count, self.unit_word, self.name)
             if images.shape[0] == 1:
                 images = images.expand(units.numel(), -1, -1, -1).contiguous()

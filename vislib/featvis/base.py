@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vislib.errors import ConfigError, DataError
+from vislib.params import NoParams, as_dict, parse
 from vislib.registry import Registry
 
 
@@ -33,51 +34,20 @@ class FeatVisResult:
 
 
 class FeatVisMethod(ABC):
-    """An image-synthesis method; subclasses declare typed parameters in `defaults`."""
+    """An image-synthesis method; subclasses declare their parameters in a `Params` dataclass."""
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    Params: ClassVar[type] = NoParams
     # What a workflow job hands out as units: "channels" of the layer, "classes" of the logits,
     # "images" to start from (one result per image), or "clusters" of an image set.
     unit_source: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ConfigError(
-                f"featvis method {self.name!r} has no parameter {unknown[0]!r}; valid: {sorted(self.defaults)}"
-            )
-        self.params = {**self.defaults, **params}
-        for key, default in self.defaults.items():
-            value = self.params[key]
-            expected = (int, float) if isinstance(default, float) else type(default)
-            if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
-                raise ConfigError(
-                    f"featvis method {self.name!r} parameter {key!r} must be {type(default).__name__}, "
-                    f"got {value!r} ({type(value).__name__})"
-                )
+        self.params: dict[str, Any] = as_dict(parse(f"featvis method {self.name!r}", self.Params, params))
         self.validate()
 
-    def validate(self) -> None:
-        """Check parameter values beyond their types."""
-        for key in ("iterations", "octaves"):
-            if isinstance(self.params.get(key), int) and self.params[key] < 1:
-                raise ConfigError(f"featvis {self.name!r}: {key} must be >= 1, got {self.params[key]}")
-        for key in ("lr", "lr_end"):
-            if key in self.params and self.params[key] <= 0:
-                raise ConfigError(f"featvis {self.name!r}: {key} must be > 0, got {self.params[key]}")
-        for key in ("jitter", "blur_every", "blur_sigma", "scale_jitter", "tv_weight", "decay_weight",
-                    "alpha_weight", "size", "grad_pyramid", "init_std"):
-            if key in self.params and self.params[key] < 0:
-                raise ConfigError(f"featvis {self.name!r}: {key} must be >= 0, got {self.params[key]}")
-        if "optimizer" in self.params and self.params["optimizer"] not in ("adam", "normalized"):
-            raise ConfigError(
-                f"featvis {self.name!r}: optimizer must be 'adam' or 'normalized', got {self.params['optimizer']!r}"
-            )
-        if self.params.get("octave_scale", 1.0) < 1.0:
-            raise ConfigError(f"featvis {self.name!r}: octave_scale must be >= 1, got {self.params['octave_scale']}")
-        if self.params.get("scale_jitter", 0.0) >= 1.0:
-            raise ConfigError(f"featvis {self.name!r}: scale_jitter must be < 1, got {self.params['scale_jitter']}")
+    def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no checks across parameters)
+        """Check parameter values beyond what their declaration says (override where needed)."""
 
     @abstractmethod
     def generate(self, model: nn.Module, layer: str | None, units: Sequence[int] | torch.Tensor | None = None,

@@ -19,11 +19,12 @@ from torch import nn
 
 from vislib.errors import ConfigError, DataError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, check_units, register
-from vislib.featvis.engine import condition_gradient, gaussian_blur, resize, run, tap_layers
+from vislib.featvis.engine import condition_gradient, gaussian_blur, gradient_of, resize, run, tap_layers
 from vislib.featvis.fold import fold_batch_norms
 from vislib.losses import general_robust_loss
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
+from vislib.params import param
 
 # One octave of the original's defaults; mask sigmas are fractions of the image side (420/512, 340/512).
 OCTAVE_DEFAULTS: dict[str, float | int] = {
@@ -89,7 +90,9 @@ def parse_octave(spec: Any, index: int) -> Octave:
         raise ConfigError(f"class_agnostic octave {index}: denoise weights must be > 0")
     if values["scale"] < 1:
         raise ConfigError(f"class_agnostic octave {index}: scale must be >= 1, got {values['scale']}")
-    return Octave(**{k: (int(v) if k in _INT_KEYS else float(v)) for k, v in values.items()})
+    # Any: the keys and kinds were checked above, which a str-keyed dict cannot tell mypy per field.
+    fields: dict[str, Any] = {k: (int(v) if k in _INT_KEYS else float(v)) for k, v in values.items()}
+    return Octave(**fields)
 
 
 def gaussian_centre_mask(size: int, sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -121,24 +124,25 @@ class ClassAgnostic(FeatVisMethod):
 
     name = "class_agnostic"
     unit_source = "clusters"
-    defaults = {
-        "num_clusters": 4, "top_channels": 50, "images_per_cluster": 10, "penalty_layer": "",
-        "image_size": 0, "tsne": False, "seed": 0, "blur_every": 10, "momentum": 0.9,
-        "robust_alpha": 1.0, "robust_scale": 1.0, "decorrelate": True, "grad_pyramid": 4,
-        "octaves": [dict(OCTAVE_DEFAULTS)],
-    }
+
+    @dataclass(frozen=True)
+    class Params:
+        num_clusters: int = param(4, "clusters of the image set, one image each", minimum=1)
+        top_channels: int = param(50, "a cluster's strongest channels, matched by dot product", minimum=1)
+        images_per_cluster: int = param(10, "images nearest each cluster centre that define it", minimum=1)
+        penalty_layer: str = param("", "layer whose input is L1-penalised ('' : none)")
+        image_size: int = param(0, "image side in pixels (0: the model's input size)", minimum=0)
+        tsne: bool = param(False, "cluster a t-SNE embedding (the original) instead of the pooled features")
+        seed: int = param(0, "seed of clustering, start noise and jitter")
+        blur_every: int = param(10, "Gaussian blur every this many steps", minimum=1)
+        momentum: float = param(0.9, "SGD momentum", minimum=0, exclusive_maximum=1)
+        robust_alpha: float = param(1.0, "shape alpha of Barron's robust distance")
+        robust_scale: float = param(1.0, "scale c of Barron's robust distance", exclusive_minimum=0)
+        decorrelate: bool = param(True, "precondition the gradient with the ImageNet colour covariance")
+        grad_pyramid: int = param(4, "levels of the Laplacian-pyramid gradient normalisation (0: off)", minimum=0)
+        octaves: list[dict[str, float]] = param([dict(OCTAVE_DEFAULTS)], "schedule per octave (keys: see docs)")
 
     def validate(self) -> None:
-        super().validate()
-        for key in ("num_clusters", "top_channels", "images_per_cluster", "blur_every"):
-            if self.params[key] < 1:
-                raise ConfigError(f"featvis {self.name!r}: {key} must be >= 1, got {self.params[key]}")
-        if self.params["image_size"] < 0:
-            raise ConfigError(f"featvis {self.name!r}: image_size must be >= 0 (0: model input size)")
-        if not 0 <= self.params["momentum"] < 1:
-            raise ConfigError(f"featvis {self.name!r}: momentum must be in [0,1), got {self.params['momentum']}")
-        if self.params["robust_scale"] <= 0:
-            raise ConfigError(f"featvis {self.name!r}: robust_scale must be > 0, got {self.params['robust_scale']}")
         if not self.params["octaves"]:
             raise ConfigError(f"featvis {self.name!r}: octaves must list at least one octave")
         self.octaves = [parse_octave(spec, i) for i, spec in enumerate(self.params["octaves"])]
@@ -267,7 +271,7 @@ class ClassAgnostic(FeatVisMethod):
                 pixels, optimizer = None, None
                 for i in range(octave.iterations):
                     step += 1
-                    if pixels is None or step % octave.window_step == 0:
+                    if pixels is None or optimizer is None or step % octave.window_step == 0:
                         if pixels is not None:
                             offset = self._offset(canvas_side - side, octave.window, generator)
                             window = canvas[..., offset[0]:offset[0] + side, offset[1]:offset[1] + side].clone()
@@ -287,7 +291,7 @@ class ClassAgnostic(FeatVisMethod):
                         loss, _ = losses(pixels, taps, octave.at("lambda", i))
                         optimizer.zero_grad(set_to_none=True)
                         loss.sum().backward()
-                    pixels.grad = condition_gradient(pixels.grad, self.params["decorrelate"],
+                    pixels.grad = condition_gradient(gradient_of(pixels), self.params["decorrelate"],
                                                      self.params["grad_pyramid"])
                     pixels.grad.mul_(mask)  # only the centre of the window moves
                     optimizer.step()
@@ -298,6 +302,7 @@ class ClassAgnostic(FeatVisMethod):
                             pixels.copy_(mask * denoised + (1 - mask) * pixels)
                         canvas[..., offset[0]:offset[0] + side, offset[1]:offset[1] + side] = pixels
                     curve.append(loss.detach().float())
+                assert pixels is not None  # parse_octave requires iterations > 0
                 window = pixels.detach()
             with torch.no_grad():
                 score_end = losses(window, taps, 0.0)[1].float().cpu()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vislib.errors import ConfigError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_units, register, unit_noise
-from vislib.featvis.engine import ENGINE_DEFAULTS, optimize, settings_from
+from vislib.featvis.engine import EngineSettings, optimize, settings_from
 from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of
+from vislib.params import param, with_defaults
 
 
 @register
@@ -25,12 +27,17 @@ class ClassImage(FeatVisMethod):
 
     name = "class_image"
     unit_source = "classes"
-    defaults = {
-        **ENGINE_DEFAULTS, "regularized": True, "size": 0, "init_std": 0.1, "seed": 0,
-        "iterations": 24, "lr": 0.02, "lr_end": 0.005, "optimizer": "normalized", "grad_pyramid": 4, "decorrelate": True,
-        "octaves": 4, "octave_scale": 1.5, "jitter": 16, "scale_jitter": 0.1, "blur_every": 4, "blur_sigma": 0.5,
-        "decay_weight": 0.01,
-    }
+    @dataclass(frozen=True)
+    class _Params(EngineSettings):
+        regularized: bool = param(True, "decay, blur, jitter and octaves; false keeps only pixels in range")
+        size: int = param(0, "image side in pixels (0: the model's input size)", minimum=0)
+        init_std: float = param(0.1, "std of the grey start noise", minimum=0)
+        seed: int = param(0, "seed of the start noise and the jitter")
+
+    Params = with_defaults(
+        _Params, iterations=24, lr=0.02, lr_end=0.005, optimizer="normalized", grad_pyramid=4, decorrelate=True,
+        octaves=4, octave_scale=1.5, jitter=16, scale_jitter=0.1, blur_every=4, blur_sigma=0.5, decay_weight=0.01,
+    )
 
     def generate(self, model: nn.Module, layer: str | None = None,
                  units: Sequence[int] | torch.Tensor | None = None,

@@ -15,32 +15,30 @@ from torch import nn
 from vislib.errors import LayerError
 from vislib.methods.base import fast_layout
 from vislib.models.registry import preprocessing_of, resolve_layer
+from vislib.params import param
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How `optimize` runs; every field is also a parameter name of the methods that expose it."""
+    """How `optimize` runs; the declared parameters of every method built on the engine."""
 
-    iterations: int = 64
-    lr: float = 0.05
-    lr_end: float = 0.05
-    octaves: int = 1
-    octave_scale: float = 1.4
-    jitter: int = 0
-    scale_jitter: float = 0.0
-    blur_every: int = 0
-    blur_sigma: float = 0.0
-    tv_weight: float = 0.0
-    tv_beta: float = 2.0
-    decay_weight: float = 0.0
-    alpha_weight: float = 0.0
-    alpha: float = 6.0
-    grad_pyramid: int = 0
-    decorrelate: bool = False
-    optimizer: str = "adam"
-
-
-ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
+    iterations: int = param(64, "optimisation steps per octave", minimum=1)
+    lr: float = param(0.05, "step size at the first step", exclusive_minimum=0)
+    lr_end: float = param(0.05, "step size at the last step (linear in between)", exclusive_minimum=0)
+    octaves: int = param(1, "image scales, from small to full size", minimum=1)
+    octave_scale: float = param(1.4, "size ratio between octaves", minimum=1)
+    jitter: int = param(0, "random shift in pixels at each step", minimum=0)
+    scale_jitter: float = param(0.0, "random rescale, as a fraction, at each step", minimum=0, exclusive_maximum=1)
+    blur_every: int = param(0, "Gaussian blur every this many steps (0: never)", minimum=0)
+    blur_sigma: float = param(0.0, "std of that blur in pixels", minimum=0)
+    tv_weight: float = param(0.0, "weight of the total-variation penalty", minimum=0)
+    tv_beta: float = param(2.0, "exponent of the total variation")
+    decay_weight: float = param(0.0, "weight of the L2 decay of the normalised image", minimum=0)
+    alpha_weight: float = param(0.0, "weight of the alpha-norm penalty", minimum=0)
+    alpha: float = param(6.0, "exponent of the alpha-norm")
+    grad_pyramid: int = param(0, "levels of the Laplacian-pyramid gradient normalisation (0: off)", minimum=0)
+    decorrelate: bool = param(False, "precondition the gradient with the ImageNet colour covariance")
+    optimizer: str = param("adam", "adam, or normalized gradient ascent", choices=("adam", "normalized"))
 
 
 # Lucid's square root C of the ImageNet colour covariance. Preconditioning the gradient with
@@ -76,6 +74,20 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as TF
 
     return TF.gaussian_blur(images, kernel_size=[k, k], sigma=[sigma, sigma])
+
+
+def spatial_size(images: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a [..., H, W] tensor."""
+    height, width = images.shape[-2:]
+    return (height, width)
+
+
+def gradient_of(pixels: torch.Tensor) -> torch.Tensor:
+    """The gradient a backward pass left on `pixels` (RuntimeError if it left none)."""
+    grad = pixels.grad
+    if grad is None:
+        raise RuntimeError("the backward pass left no gradient on the pixels")
+    return grad
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -118,10 +130,10 @@ def laplacian_normalize(grad: torch.Tensor, levels: int) -> torch.Tensor:
     bands.append(current)
     # A band far weaker than the whole gradient is mostly rounding noise: amplify it at most 100x.
     floor = (1e-2 * _rms(grad)).clamp_min(1e-20)
-    result = None
-    for band in reversed(bands):
+    result = bands[-1] / torch.maximum(_rms(bands[-1]), floor)
+    for band in reversed(bands[:-1]):
         band = band / torch.maximum(_rms(band), floor)
-        result = band if result is None else resize(result, tuple(band.shape[-2:])) + band
+        result = resize(result, spatial_size(band)) + band
     return result
 
 
@@ -205,8 +217,10 @@ def tap_layers(model: nn.Module, outputs: Sequence[str] = (), inputs: Sequence[s
             handle.remove()
 
 
-def run(model: nn.Module, inputs: torch.Tensor, taps: LayerTaps) -> torch.Tensor | None:
-    """Forward `inputs` after clearing `taps`; the logits, or None when a tap stopped the pass early."""
+def run(model: nn.Module, inputs: torch.Tensor,
+        taps: LayerTaps) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
+    """Forward `inputs` after clearing `taps`; the model's output (the logits, or a tuple that starts with
+    them for models with auxiliary heads), or None when a tap stopped the pass early."""
     taps.outputs.clear()
     taps.inputs.clear()
     taps.calls.clear()
@@ -266,7 +280,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
     """
     preprocessing = preprocessing_of(model)
     generator = torch.Generator().manual_seed(seed)
-    sizes = octave_sizes(tuple(init.shape[-2:]), settings.octaves, settings.octave_scale)
+    sizes = octave_sizes(spatial_size(init), settings.octaves, settings.octave_scale)
     images = resize(init, sizes[0]).clamp(0, 1)
     curve = []
     for k, size in enumerate(sizes):
@@ -293,9 +307,10 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
                 optimizer.zero_grad(set_to_none=True)
                 # Images are independent, so the gradient of the sum is each image's own gradient.
                 per_image.sum().backward()
-            pixels.grad = condition_gradient(pixels.grad, settings.decorrelate, settings.grad_pyramid)
+            grad = condition_gradient(gradient_of(pixels), settings.decorrelate, settings.grad_pyramid)
             if settings.optimizer == "normalized":
-                pixels.grad /= pixels.grad.abs().flatten(1).mean(1).clamp_min(1e-12)[:, None, None, None]
+                grad /= grad.abs().flatten(1).mean(1).clamp_min(1e-12)[:, None, None, None]
+            pixels.grad = grad
             optimizer.step()
             with torch.no_grad():
                 # The last step is never blurred, so the result keeps the detail the objective asked for.

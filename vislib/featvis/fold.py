@@ -74,6 +74,7 @@ def _observe(model: nn.Module, sample: torch.Tensor, outputs: Sequence[str],
     """The logits, then the outputs and first inputs of those named layers the forward pass runs."""
     with tap_layers(model, outputs=outputs, inputs=inputs) as taps, torch.no_grad():
         logits = run(model, sample, taps)
+    assert logits is not None  # taps without `stop` never end the pass early
     return [logits if isinstance(logits, torch.Tensor) else logits[0],
             *(taps.outputs[name] for name in outputs if name in taps.outputs),
             *(taps.inputs[name] for name in inputs if name in taps.inputs)]
@@ -87,6 +88,7 @@ def _folded_copy(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module | 
         return None
     for conv_name, norm_name in pairs:
         conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)  # as _conv_bn_pairs found them
         fused = fuse_conv_bn_eval(conv, norm)
         for parameter in fused.parameters():
             parameter.requires_grad_(conv.weight.requires_grad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -10,17 +11,19 @@ from torch import nn
 from vislib.errors import ConfigError
 from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, register
 from vislib.featvis.engine import (
-    ENGINE_DEFAULTS,
+    EngineSettings,
     optimize,
     probe_layer,
     resize,
     run,
     settings_from,
+    spatial_size,
     tap_layers,
 )
 from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
+from vislib.params import param, with_defaults
 
 
 @register
@@ -29,11 +32,15 @@ class Inversion(FeatVisMethod):
 
     name = "inversion"
     unit_source = "images"
-    defaults = {
-        **ENGINE_DEFAULTS, "init_std": 0.1, "seed": 0,
-        "iterations": 100, "lr": 0.02, "lr_end": 0.002, "optimizer": "normalized", "grad_pyramid": 4,
-        "decorrelate": True, "tv_weight": 10.0, "tv_beta": 2.0, "alpha_weight": 1e-5, "alpha": 6.0,
-    }
+    @dataclass(frozen=True)
+    class _Params(EngineSettings):
+        init_std: float = param(0.1, "std of the grey start noise", minimum=0)
+        seed: int = param(0, "seed of the start noise and the jitter")
+
+    Params = with_defaults(
+        _Params, iterations=100, lr=0.02, lr_end=0.002, optimizer="normalized", grad_pyramid=4, decorrelate=True,
+        tv_weight=10.0, tv_beta=2.0, alpha_weight=1e-5, alpha=6.0,
+    )
 
     def generate(self, model: nn.Module, layer: str | None, units: Sequence[int] | torch.Tensor | None = None,
                  images: torch.Tensor | None = None) -> FeatVisResult:
@@ -63,7 +70,7 @@ class Inversion(FeatVisMethod):
 
                 def distance(normalised: torch.Tensor) -> torch.Tensor:
                     # Octaves see smaller canvases, so the target is the image's features at that size.
-                    size = tuple(normalised.shape[-2:])
+                    size = spatial_size(normalised)
                     if size not in targets:
                         with torch.no_grad():
                             target = features(preprocessing.normalize(resize(images, size)))

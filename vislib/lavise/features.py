@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -43,9 +44,12 @@ def default_pool_size(model: nn.Module) -> tuple[int, int]:
     pool = getattr(model, "avgpool", None)
     if isinstance(pool, nn.AdaptiveAvgPool2d):
         size = pool.output_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        if all(isinstance(s, int) for s in size):
-            return size
+        if isinstance(size, int):
+            return (size, size)
+        if size is not None:
+            height, width = size
+            if isinstance(height, int) and isinstance(width, int):
+                return (height, width)
     return (1, 1)
 
 
@@ -53,7 +57,7 @@ def pool_features(features: torch.Tensor, pool_size: tuple[int, int]) -> torch.T
     """Average-pool [N,d,h,w] maps to `pool_size` and flatten: the explainer's input [N, d*ph*pw]."""
     if tuple(pool_size) == (1, 1):
         return features.mean(dim=(2, 3))
-    return F.adaptive_avg_pool2d(features, tuple(pool_size)).flatten(1)
+    return F.adaptive_avg_pool2d(features, pool_size).flatten(1)
 
 
 def _load_images(targets: ConceptTargets, indices: range, size: int) -> tuple[list[torch.Tensor], list[int],
@@ -69,6 +73,14 @@ def _load_images(targets: ConceptTargets, indices: range, size: int) -> tuple[li
     return tensors, kept, failed
 
 
+class _ShardEntry(TypedDict):
+    """One shard's line in meta.json."""
+
+    file: str
+    images: int
+    items: int
+
+
 def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_dir: str | os.PathLike,
                    batch_size: int = 64, shard_size: int = 1024, pool_size: tuple[int, int] | None = None,
                    device: str | torch.device = "cpu") -> FeatureCache:
@@ -78,10 +90,12 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
     (out / "meta.json").unlink(missing_ok=True)
     prep = preprocessing_of(model)
     size = prep.input_size
-    pool_size = tuple(pool_size or default_pool_size(model))
+    pool_size = pool_size or default_pool_size(model)
     model = model.to(device)
     start = time.perf_counter()
-    shards, failed, shape = [], {}, None
+    shards: list[_ShardEntry] = []
+    failed: dict[int, str] = {}
+    shape: tuple[int, int, int] | None = None
     with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
         for shard_start in range(0, len(targets.images), shard_size):
             rows: list[torch.Tensor] = []
@@ -95,30 +109,31 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
                     continue
                 model(prep.normalize(torch.stack(tensors)).to(device))
                 act = capture.spatial(layer, "lavise").float().cpu()
-                shape = tuple(act.shape[1:])
+                channels, height, width = act.shape[1:]
+                shape = (channels, height, width)
                 for j, i in enumerate(kept):
                     masks = targets.masks(i, size)
                     if len(masks):
                         # Coverage fractions keep objects smaller than one cell from vanishing.
-                        cover = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[None], shape[1:])[0]
+                        cover = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[None], (height, width))[0]
                         item_masks.append(cover)
                         item_targets.append(torch.from_numpy(targets.target_matrix(i)))
                         item_row += [len(image_index) + j] * len(masks)
                 image_index += kept
                 rows.append(act.half())
-            if not rows:
+            if not rows or shape is None:  # `shape` is set with the first non-empty batch, as `rows` is
                 continue
             name = f"shard_{len(shards):05d}.npz"
-            arrays = {
-                "features": torch.cat(rows).numpy(),
-                "image_index": np.asarray(image_index, np.int64),
-                "item_row": np.asarray(item_row, np.int64),
-                "item_masks": (torch.cat(item_masks) if item_masks else torch.zeros(0, *shape[1:])).half().numpy(),
-                "item_targets": (torch.cat(item_targets) if item_targets
-                                 else torch.zeros(0, len(targets.vocabulary), dtype=torch.bool)).numpy(),
-            }
             with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(
+                    handle,
+                    features=torch.cat(rows).numpy(),
+                    image_index=np.asarray(image_index, np.int64),
+                    item_row=np.asarray(item_row, np.int64),
+                    item_masks=(torch.cat(item_masks) if item_masks else torch.zeros(0, *shape[1:])).half().numpy(),
+                    item_targets=(torch.cat(item_targets) if item_targets
+                                  else torch.zeros(0, len(targets.vocabulary), dtype=torch.bool)).numpy(),
+                )
             shards.append({"file": name, "images": len(image_index), "items": len(item_row)})
             log.info("cached %s: %d images, %d items", name, len(image_index), len(item_row))
     if shape is None:

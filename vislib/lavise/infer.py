@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,13 +200,14 @@ def analyze_filters(feature_dir: str | os.PathLike, checkpoint: str | os.PathLik
         raise ConfigError(f"lavise filters {bad or filters} are outside layer {cache.meta['layer']!r}'s "
                           f"{channels} channels; use indices 0..{channels - 1}")
     thresholds, maxima, image_index = _thresholds_and_maxima(cache, filters, quantile)
-    pair_slot, pair_row = [], []
+    slots: list[int] = []
+    picked: list[int] = []
     for slot in range(len(filters)):
         order = np.argsort(-maxima[:, slot], kind="stable")
-        top = [r for r in order[:p] if maxima[r, slot] > 0]
-        pair_slot += [slot] * len(top)
-        pair_row += top
-    pair_slot, pair_row = np.asarray(pair_slot, np.int64), np.asarray(pair_row, np.int64)
+        best = [r for r in order[:p] if maxima[r, slot] > 0]
+        slots += [slot] * len(best)
+        picked += best
+    pair_slot, pair_row = np.asarray(slots, np.int64), np.asarray(picked, np.int64)
     rows = np.unique(pair_row)
     feats = _gather_rows(cache, rows)
     pos = np.searchsorted(rows, pair_row)
@@ -230,6 +231,7 @@ def analyze_filters(feature_dir: str | os.PathLike, checkpoint: str | os.PathLik
         elif method == "original":
             x = f
         else:
+            assert model is not None  # method 'image' without a model was rejected above
             keep = F.interpolate(fu[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] > t
             x = _masked_image_features(model, cache.meta["layer"], cache,
                                        image_index[pair_row[s:s + batch_size]], keep, device)
@@ -241,7 +243,8 @@ def analyze_filters(feature_dir: str | os.PathLike, checkpoint: str | os.PathLik
     maps = torch.cat(maps_all) if maps_all else torch.zeros(0, cache.meta["height"], cache.meta["width"])
     targets = cache.targets()
     truths, mask_memo = [], {}
-    regions = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] > thr[:, None, None]
+    regions = (F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+               > thr[:, None, None])
     for k, row in enumerate(pair_row):
         image = int(image_index[row])
         if image not in mask_memo:
@@ -266,7 +269,9 @@ def analyze_filters(feature_dir: str | os.PathLike, checkpoint: str | os.PathLik
 def explain_filters(analysis: FilterAnalysis, s: int = 5, n_words: int = 10,
                     allowed_words: Collection[str] | None = None,
                     weight_by_activation: bool = False) -> pd.DataFrame:
-    """Each filter's most frequent words over its top images' top-s words: (model, layer, method, filter, rank, word, score).
+    """Each filter's most frequent words over its top images' top-s words.
+
+    Rows are (model, layer, method, filter, rank, word, score).
 
     `score` is the share of the filter's images (weighted by max activation if asked) that rank the word
     in their top s. `allowed_words` keeps only those words (the original code's entities list).
@@ -278,7 +283,7 @@ def explain_filters(analysis: FilterAnalysis, s: int = 5, n_words: int = 10,
     for u in analysis.filters:
         picks = np.nonzero(analysis.pair_filter == u)[0]
         weights = analysis.pair_max[picks] if weight_by_activation else np.ones(len(picks), np.float32)
-        tally: Counter[str] = Counter()
+        tally: defaultdict[str, float] = defaultdict(float)
         for k, w in zip(picks, weights, strict=True):
             for word in analysis.pair_words[k][:s]:
                 if allowed is None or word in allowed:

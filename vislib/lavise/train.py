@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -158,7 +159,7 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
     }
     out_ckpt = Path(out_ckpt)
     history: list[dict] = []
-    best = {"epoch": 0, "val_loss": float("inf"), "state_dict": None}
+    best: dict[str, Any] = {"epoch": 0, "val_loss": float("inf"), "state_dict": None}
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

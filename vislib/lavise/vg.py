@@ -6,6 +6,7 @@ import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -74,7 +75,7 @@ def preprocess_vg(objects_json: str | os.PathLike, out_json: str | os.PathLike,
             counts[token] += 1 if count_by == "images" else len(items)
         grouped.append((int(image_id), boxes))
     kept = {t for t, c in counts.items() if c >= min_count}
-    out = []
+    out: list[dict[str, Any]] = []
     for image_id, boxes in grouped:
         objects = {t: boxes[t] for t in sorted(boxes) if t in kept}
         if objects:
@@ -104,6 +105,9 @@ def vg_targets(preprocessed_json: str | os.PathLike, image_dir: str | os.PathLik
                embeddings: WordEmbeddings, extension: str = ".jpg") -> ConceptTargets:
     """Concept targets of preprocessed VG: one item per (image, token), the union of its boxes."""
     doc = _read_json(preprocessed_json, "preprocessed VG file")
+    if not isinstance(doc, list):
+        raise DataError(f"preprocessed VG file {str(preprocessed_json)!r} must hold a list of images; "
+                        "write it with preprocess_vg")
     tokens = TokenFilter(embeddings)
     images = []
     for entry in doc:

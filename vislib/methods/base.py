@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vislib.errors import ConfigError, VislibError
+from vislib.errors import VislibError
+from vislib.params import NoParams, as_dict, parse
 from vislib.registry import Registry
 
 
@@ -24,28 +25,14 @@ class Attribution:
 
 
 class AttributionMethod(ABC):
-    """A heatmap method; subclasses declare typed parameters in `defaults` and implement `_explain`."""
+    """A heatmap method; subclasses declare their parameters in a `Params` dataclass and implement `_explain`."""
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    Params: ClassVar[type] = NoParams
     uses_layer: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ConfigError(
-                f"method {self.name!r} has no parameter {unknown[0]!r}; valid: {sorted(self.defaults) or 'none'}"
-            )
-        self.params = {**self.defaults, **params}
-        for key, default in self.defaults.items():
-            value = self.params[key]
-            expected = (int, float) if isinstance(default, float) else type(default)
-            if default is not None and (not isinstance(value, expected) or
-                                        (isinstance(value, bool) and not isinstance(default, bool))):
-                raise ConfigError(
-                    f"method {self.name!r} parameter {key!r} must be {type(default).__name__}, "
-                    f"got {value!r} ({type(value).__name__})"
-                )
+        self.params: dict[str, Any] = as_dict(parse(f"method {self.name!r}", self.Params, params))
         self.validate()
 
     def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no value checks)

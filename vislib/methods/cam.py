@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from vislib.errors import ConfigError, LayerError
+from vislib.errors import LayerError
 from vislib.methods.base import (
     Attribution,
     AttributionMethod,
@@ -21,6 +22,7 @@ from vislib.methods.base import (
 from vislib.methods.hooks import LayerCapture, capture_layer, frozen_model
 from vislib.methods.postprocess import normalize_maps, upsample_maps
 from vislib.models.registry import resolve_layer
+from vislib.params import param
 
 
 def layer_or_default(model: nn.Module, layer: str | None, method: str) -> str:
@@ -187,19 +189,11 @@ class ScoreCAM(AttributionMethod):
     """Score-CAM (Wang et al. 2020): channels weighted by the softmax of masked inputs' target scores."""
 
     name = "scorecam"
-    defaults = {"batch_size": 32, "top_channels": 0}
 
-    def validate(self) -> None:
-        """Batch size must be positive and the channel count non-negative."""
-        if self.params["batch_size"] < 1:
-            raise ConfigError(
-                f"method 'scorecam' parameter 'batch_size' must be >= 1, got {self.params['batch_size']}"
-            )
-        if self.params["top_channels"] < 0:
-            raise ConfigError(
-                f"method 'scorecam' parameter 'top_channels' must be >= 0 (0 scores every channel), "
-                f"got {self.params['top_channels']}"
-            )
+    @dataclass(frozen=True)
+    class Params:
+        batch_size: int = param(32, "masked images per forward pass", minimum=1)
+        top_channels: int = param(0, "score only the most active channels (0: every channel, exact)", minimum=0)
 
     def _explain(self, model, layer, images, targets) -> Attribution:
         layer = layer_or_default(model, layer, self.name)
@@ -238,7 +232,8 @@ class ScoreCAM(AttributionMethod):
         rows = torch.arange(n, device=images.device).repeat_interleave(k)
         cols = channels.reshape(-1)
         scores = torch.empty(n * k, device=images.device)
-        size = tuple(images.shape[-2:])
+        height, width = images.shape[-2:]
+        size = (height, width)
         step = self.params["batch_size"]
         # Masks are built per chunk: all N*k of them at image size would not fit in memory.
         for start in range(0, n * k, step):

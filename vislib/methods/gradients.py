@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -12,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vislib.errors import ConfigError
 from vislib.methods.base import (
     METHODS,
     Attribution,
@@ -25,6 +25,7 @@ from vislib.methods.cam import GradCAM, layer_activation_and_grad, layer_or_defa
 from vislib.methods.hooks import frozen_model
 from vislib.methods.postprocess import to_image_maps
 from vislib.models.registry import preprocessing_of
+from vislib.params import param
 
 
 class InputGradient(NamedTuple):
@@ -89,6 +90,7 @@ def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
 
     def guided_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
                      ) -> torch.Tensor:
+        assert isinstance(module, nn.ReLU6)  # the hook is registered on ReLU6 modules only
         return _GuidedClamp.apply(inputs[0], float(module.max_val))
 
     handles = [m.register_forward_hook(guided_relu6) for m in model.modules()
@@ -146,12 +148,19 @@ class VanillaGradient(GradientMethod):
         return PixelAttribution(grad.abs(), targets, logits)
 
 
+@dataclass(frozen=True)
+class GuidedParams:
+    """Parameters of the guided-backpropagation methods."""
+
+    relu6: bool = param(True, "treat ReLU6 as a guided ReLU too (the MobileNet/EfficientNet activation)")
+
+
 @register
 class GuidedBackprop(GradientMethod):
     """Guided backpropagation (Springenberg et al. 2015): input gradient through guided ReLUs."""
 
     name = "guided_backprop"
-    defaults = {"relu6": True}
+    Params = GuidedParams
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
         """Guided input gradient [N,3,H,W] (signed)."""
@@ -166,7 +175,7 @@ class GuidedGradCAM(GradientMethod):
 
     name = "guided_gradcam"
     uses_layer = True
-    defaults = {"relu6": True}
+    Params = GuidedParams
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
         """Guided gradient [N,3,H,W] scaled by Grad-CAM of `layer`, normalised and upsampled."""
@@ -200,8 +209,8 @@ BASELINES = ("zero", "black")
 def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points alpha in [0,1] and weights (summing to 1) of a `steps`-point rule for the path integral."""
     if rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * weights)
+        nodes, gauss_weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * gauss_weights)
     weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     if rule == "riemann_trapezoid":
         weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
@@ -219,20 +228,12 @@ class IntegratedGradients(GradientMethod):
     # The midpoint rule is the default: a ReLU network's gradient jumps along the path, and
     # Gauss-Legendre's end-clustered nodes then miss the middle (6% completeness gap vs 0.4%
     # at 64 steps on a random resnet18 with a black baseline).
-    defaults = {"steps": 32, "baseline": "zero", "rule": "riemann_middle", "batch_size": 64}
-
-    def validate(self) -> None:
-        """Steps and batch size must be positive; baseline and rule must be known names."""
-        p = self.params
-        if p["steps"] < 2 or p["batch_size"] < 1:
-            raise ConfigError(f"method 'integrated_gradients' needs steps >= 2 and batch_size >= 1, "
-                              f"got steps={p['steps']}, batch_size={p['batch_size']}")
-        if p["baseline"] not in BASELINES:
-            raise ConfigError(f"method 'integrated_gradients' parameter 'baseline' must be one of "
-                              f"{BASELINES}, got {p['baseline']!r}")
-        if p["rule"] not in QUADRATURE_RULES:
-            raise ConfigError(f"method 'integrated_gradients' parameter 'rule' must be one of "
-                              f"{QUADRATURE_RULES}, got {p['rule']!r}")
+    @dataclass(frozen=True)
+    class Params:
+        steps: int = param(32, "points on the path from the baseline to the image", minimum=2)
+        baseline: str = param("zero", "x': zeros in input space, or black pixels", choices=BASELINES)
+        rule: str = param("riemann_middle", "quadrature rule along the path", choices=QUADRATURE_RULES)
+        batch_size: int = param(64, "path points per backward pass", minimum=1)
 
     def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
         """The signed sum over channels (its total is the completeness sum)."""
@@ -280,22 +281,19 @@ class SmoothGrad(GradientMethod):
     """SmoothGrad (Smilkov et al. 2017): a gradient method's attribution averaged over noisy copies."""
 
     name = "smoothgrad"
-    defaults = {"base": "vanilla_gradient", "samples": 16, "noise_level": 0.15, "seed": 0, "batch_size": 64}
-
-    def validate(self) -> None:
-        """The base must be a gradient method; counts positive; noise level non-negative."""
-        p = self.params
-        if p["base"] not in SMOOTHABLE:
-            raise ConfigError(f"method 'smoothgrad' parameter 'base' must be one of {SMOOTHABLE}, "
-                              f"got {p['base']!r}")
-        if p["samples"] < 1 or p["batch_size"] < 1 or p["noise_level"] < 0:
-            raise ConfigError("method 'smoothgrad' needs samples >= 1, batch_size >= 1 and noise_level >= 0, "
-                              f"got samples={p['samples']}, batch_size={p['batch_size']}, "
-                              f"noise_level={p['noise_level']}")
+    @dataclass(frozen=True)
+    class Params:
+        base: str = param("vanilla_gradient", "the gradient method averaged", choices=SMOOTHABLE)
+        samples: int = param(16, "noisy copies per image", minimum=1)
+        noise_level: float = param(0.15, "noise std as a fraction of the image's value range", minimum=0)
+        seed: int = param(0, "seed of the noise (with each image's content)")
+        batch_size: int = param(64, "noisy copies per backward pass", minimum=1)
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
-        self.base: GradientMethod = METHODS[self.params["base"]]()
+        base = METHODS[self.params["base"]]()
+        assert isinstance(base, GradientMethod)  # the `base` choices (SMOOTHABLE) are gradient methods only
+        self.base = base
 
     def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
         """The base method's reduction over channels."""

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from vislib.errors import LayerError
 from vislib.models.registry import resolve_layer
+
+
+@runtime_checkable
+class _HasInplace(Protocol):
+    """A module with an `inplace` flag (ReLU, Hardtanh, Dropout, ...)."""
+
+    inplace: bool
 
 
 @contextlib.contextmanager
@@ -19,7 +27,7 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     In-place ReLUs would overwrite a hooked activation that autograd still needs.
     """
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    inplace_modules = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    inplace_modules = [m for m in model.modules() if isinstance(m, _HasInplace) and m.inplace is True]
     was_training = model.training
     for p, _ in grad_flags:
         p.requires_grad_(False)

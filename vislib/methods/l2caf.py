@@ -23,6 +23,7 @@ import hashlib
 import logging
 import operator
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
@@ -40,6 +41,7 @@ from vislib.methods.base import (
 from vislib.methods.cam import layer_or_default
 from vislib.methods.hooks import LayerCapture, frozen_model
 from vislib.models.registry import resolve_layer
+from vislib.params import param
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ class _HookTail:
 
     def hook(self, _module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
         """Forward hook: the filtered layer output."""
+        assert self.masks is not None  # __call__ sets them before the forward pass that runs this hook
         return output * self.masks
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
@@ -285,7 +288,11 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
                 reason = feed(inp)
                 if reason:
                     return reason
-    crossing_values = [recorder.values[n] for n in crossing]
+    crossing_values: list[torch.Tensor] = []
+    for n in crossing:
+        value = recorder.values[n]
+        assert isinstance(value, torch.Tensor)  # crossing values are per-image, which only tensors are
+        crossing_values.append(value)
     tail_nodes = [n for n in graph.nodes if (n in downstream and n is not cut) or n in recomputed]
 
     tail = fx.Graph()
@@ -369,41 +376,31 @@ class _L2CAF(AttributionMethod):
     """
 
     specific: ClassVar[bool] = False
-    defaults = {
-        "lr": 0.5,
-        "max_iters": 1000,
-        "optimizer": "adam",
-        "init": "randn",
-        "finalizer": "l2",
-        "gauss_size": 7,
-        "final": "abs",
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float = param(0.5, "learning rate at the first step (decays linearly)", exclusive_minimum=0)
+        max_iters: int = param(1000, "optimisation steps at most", minimum=1)
+        optimizer: str = param("adam", "adam (TF original) or sgd (PyTorch port)", choices=OPTIMIZERS)
+        init: str = param("randn", "start of the filter: randn (TF) or ones (the port)", choices=INITS)
+        finalizer: str = param("l2", "how the filter is normalised", choices=FINALIZERS)
+        gauss_size: int = param(7, "grid extent of the gauss finalizer (odd, >= 3)", minimum=3)
+        final: str = param("abs", "abs (|f|, the paper) or clamp (f >= 0)", choices=FINALS)
         # The TF fast script's and README's threshold (10e-5); the slow script and the port use 1e-6.
-        "stop_threshold": 1e-4,
-        "check_every": 50,
-        "seed": 0,
-    }
+        stop_threshold: float = param(1e-4, "stop a row whose loss moved less than this (0: never)", minimum=0)
+        check_every: int = param(50, "steps between convergence checks", minimum=1)
+        seed: int = param(0, "seed of the start (with each image's content and target)")
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
         self.on_step: StepCallback | None = None
 
     def validate(self) -> None:
-        p = self.params
-        for key, valid in (("optimizer", OPTIMIZERS), ("init", INITS), ("finalizer", FINALIZERS),
-                           ("final", FINALS)):
-            if p[key] not in valid:
-                raise ConfigError(f"method {self.name!r}: unknown {key} {p[key]!r}; valid: {', '.join(valid)}")
-        if p["gauss_size"] < 3 or p["gauss_size"] % 2 == 0:
+        if self.params["gauss_size"] % 2 == 0:
             raise ConfigError(
                 f"method {self.name!r}: gauss_size must be an odd integer >= 3 (the original's grid "
-                f"-3..3 is 7), got {p['gauss_size']}"
+                f"-3..3 is 7), got {self.params['gauss_size']}"
             )
-        for key in ("lr", "max_iters", "check_every"):
-            if p[key] <= 0:
-                raise ConfigError(f"method {self.name!r}: {key} must be > 0, got {p[key]}")
-        if p["stop_threshold"] < 0:
-            raise ConfigError(f"method {self.name!r}: stop_threshold must be >= 0 (0 disables stopping), "
-                              f"got {p['stop_threshold']}")
 
     def _explain(self, model, layer, images, targets) -> Attribution:
         layer = layer_or_default(model, layer, self.name)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from vislib.data.dataset import Sample
-from vislib.errors import ConfigError
+from vislib.params import NoParams, as_dict, parse
 from vislib.registry import Registry
 
 
@@ -46,17 +48,25 @@ class MetricResult:
             self.reasons = [""] * len(self.values)
 
 
+DatasetReduction = Callable[[pa.Table, list[str]], pa.Table]
+"""Re-scores a metric's rows over each whole group of a dataset (the group columns are given)."""
+
+
 class Metric(ABC):
-    """A metric with typed parameters; `settings` are the protocol columns written beside each value."""
+    """A metric with a `Params` declaration; `settings` are the protocol columns written beside each value.
+
+    `higher_is_better` says which way the metric improves; `dataset_reduction`, where set, re-scores the
+    metric's rows over a whole dataset at aggregation (a value that needs every image, e.g. MaxBoxAcc's
+    threshold).
+    """
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    Params: ClassVar[type] = NoParams
+    higher_is_better: ClassVar[bool] = True
+    dataset_reduction: ClassVar[DatasetReduction | None] = None
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ConfigError(f"metric {self.name!r} has no parameter {unknown[0]!r}; valid: {sorted(self.defaults)}")
-        self.params = {**self.defaults, **params}
+        self.params: dict[str, Any] = as_dict(parse(f"metric {self.name!r}", self.Params, params))
 
     def settings(self, image_size: int) -> dict[str, Any]:
         """Protocol settings that move published numbers, stored as columns."""

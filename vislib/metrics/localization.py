@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import torch
 
-from vislib.errors import ConfigError
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register, target_boxes
+from vislib.params import param
 
 # 8-connectivity inside one image only: the stack axis must never join components of different images.
 _STRUCTURE = np.zeros((3, 3, 3), bool)
@@ -85,13 +87,12 @@ def _maps_array(batch: MetricInput) -> np.ndarray:
 class _Localization(Metric):
     """Shared parameter checks of the localization metrics."""
 
-    defaults = {"threshold": 0.2, "iou": 0.5}
+    higher_is_better = False
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        for key in ("threshold", "iou"):
-            if key in self.params and not 0.0 <= float(self.params[key]) <= 1.0:
-                raise ConfigError(f"metric {self.name!r}: {key} must lie in [0, 1], got {self.params[key]}")
+    @dataclass(frozen=True)
+    class Params:
+        threshold: float = param(0.2, "map threshold, as a fraction of its maximum, for the box", minimum=0, maximum=1)
+        iou: float = param(0.5, "IoU with a target box that counts as localized", minimum=0, maximum=1)
 
     def settings(self, image_size: int) -> dict:
         return {"loc_threshold": float(self.params["threshold"]), "loc_iou": float(self.params["iou"])}
@@ -145,6 +146,30 @@ class Top1LocError(_Localization):
 BOX_HITS_COLUMN = "box_hits"
 
 
+MAXBOXACC = "maxboxacc"
+
+
+def apply_dataset_max_box_acc(table: pa.Table, group_columns: list[str]) -> pa.Table:
+    """Re-score MaxBoxAcc rows at the threshold best over each whole group; drop the per-image sweep column.
+
+    Adds `box_threshold` (the chosen map threshold) to those rows; other rows are unchanged.
+    """
+    if BOX_HITS_COLUMN not in table.column_names:
+        return table
+    frame = table.select([*group_columns, "metric", BOX_HITS_COLUMN]).to_pandas()
+    values = table.column("value").to_numpy(zero_copy_only=False).copy()
+    chosen = np.full(len(frame), np.nan)
+    rows = frame.index[(frame["metric"] == MAXBOXACC) & frame[BOX_HITS_COLUMN].notna()]
+    for _, group in frame.loc[rows].groupby(group_columns, sort=False):
+        hits = np.stack([np.asarray(h, dtype=float) for h in group[BOX_HITS_COLUMN]])
+        best = best_threshold_index(hits)
+        values[group.index] = hits[:, best]
+        chosen[group.index] = threshold_sweep(hits.shape[1])[best]
+    table = table.drop_columns([BOX_HITS_COLUMN])
+    table = table.set_column(table.column_names.index("value"), "value", pa.array(values, pa.float64()))
+    return table.append_column("box_threshold", pa.array(chosen, pa.float64(), from_pandas=True))
+
+
 @register
 class MaxBoxAcc(_Localization):
     """MaxBoxAcc (Choe et al. 2020): box accuracy at the map threshold that is best for the whole dataset.
@@ -154,13 +179,14 @@ class MaxBoxAcc(_Localization):
     over all images of a dataset/model/layer/method at aggregation, which is the published definition.
     """
 
-    name = "maxboxacc"
-    defaults = {"thresholds": 100, "iou": 0.5}
+    name = MAXBOXACC
+    higher_is_better = True
+    dataset_reduction = staticmethod(apply_dataset_max_box_acc)
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        if int(self.params["thresholds"]) < 1:
-            raise ConfigError(f"metric {self.name!r}: thresholds must be >= 1, got {self.params['thresholds']}")
+    @dataclass(frozen=True)
+    class Params:
+        thresholds: int = param(100, "map thresholds swept, evenly from 0", minimum=1)
+        iou: float = param(0.5, "IoU with a target box that counts as localized", minimum=0, maximum=1)
 
     def settings(self, image_size: int) -> dict:
         return {"loc_iou": float(self.params["iou"]), "box_thresholds": int(self.params["thresholds"])}
@@ -194,24 +220,3 @@ def best_threshold_index(hits: np.ndarray) -> int:
     if not defined.any():
         return 0
     return int(np.argmax(hits[defined].mean(0)))
-
-
-def apply_dataset_max_box_acc(table: pa.Table, group_columns: list[str]) -> pa.Table:
-    """Re-score MaxBoxAcc rows at the threshold best over each whole group; drop the per-image sweep column.
-
-    Adds `box_threshold` (the chosen map threshold) to those rows; other rows are unchanged.
-    """
-    if BOX_HITS_COLUMN not in table.column_names:
-        return table
-    frame = table.select([*group_columns, "metric", BOX_HITS_COLUMN]).to_pandas()
-    values = table.column("value").to_numpy(zero_copy_only=False).copy()
-    chosen = np.full(len(frame), np.nan)
-    rows = frame.index[(frame["metric"] == MaxBoxAcc.name) & frame[BOX_HITS_COLUMN].notna()]
-    for _, group in frame.loc[rows].groupby(group_columns, sort=False):
-        hits = np.stack([np.asarray(h, dtype=float) for h in group[BOX_HITS_COLUMN]])
-        best = best_threshold_index(hits)
-        values[group.index] = hits[:, best]
-        chosen[group.index] = threshold_sweep(hits.shape[1])[best]
-    table = table.drop_columns([BOX_HITS_COLUMN])
-    table = table.set_column(table.column_names.index("value"), "value", pa.array(values, pa.float64()))
-    return table.append_column("box_threshold", pa.array(chosen, pa.float64(), from_pandas=True))

@@ -4,17 +4,25 @@ increase in confidence (Chattopadhay et al. 2018)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vislib.errors import ConfigError
 from vislib.methods.base import fast_layout
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register
+from vislib.params import param, with_defaults
 
 BASELINES = ("zero", "blur", "mean")
 NO_MODEL = "needs the model"
+
+
+def _model_of(batch: MetricInput) -> torch.nn.Module:
+    """The batch's model; the metrics here answer NO_MODEL before they need it."""
+    if batch.model is None:
+        raise ValueError(f"this metric {NO_MODEL}, and the batch has none")
+    return batch.model
 
 
 def baseline_images(images: torch.Tensor, kind: str) -> torch.Tensor:
@@ -64,21 +72,25 @@ def _target_reasons(values: np.ndarray) -> list[str]:
     return ["target class is not an output of the model" if np.isnan(v) else "" for v in values]
 
 
+@dataclass(frozen=True)
+class BatchParams:
+    """Parameters of the metrics that run the model on perturbed images."""
+
+    max_batch: int = param(64, "perturbed images per forward pass", minimum=1)
+
+
+@dataclass(frozen=True)
+class CurveParams(BatchParams):
+    """Parameters of the deletion and insertion curves."""
+
+    step: float = param(0.05, "fraction of the pixels moved per step", exclusive_minimum=0, maximum=1)
+    baseline: str = param("zero", "what moved pixels become (insertion starts from it)", choices=BASELINES)
+
+
 class _Curve(Metric):
     """Probability of the target class while pixels are moved between image and baseline in map order."""
 
     insert: bool = False
-
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        if not 0.0 < float(self.params["step"]) <= 1.0:
-            raise ConfigError(f"metric {self.name!r}: step (fraction of pixels per step) must lie in (0, 1], "
-                              f"got {self.params['step']}")
-        if self.params["baseline"] not in BASELINES:
-            raise ConfigError(f"metric {self.name!r}: baseline {self.params['baseline']!r} is not one of "
-                              f"{BASELINES}")
-        if int(self.params["max_batch"]) < 1:
-            raise ConfigError(f"metric {self.name!r}: max_batch must be >= 1, got {self.params['max_batch']}")
 
     def settings(self, image_size: int) -> dict:
         return {"perturbation_step": float(self.params["step"]), "perturbation_baseline": self.params["baseline"]}
@@ -105,12 +117,13 @@ class _Curve(Metric):
                                      torch.arange(len(counts), device=images.device))
         probs = []
         max_batch = int(self.params["max_batch"])
+        model = _model_of(batch)
         with torch.no_grad():
             for start in range(0, len(pairs), max_batch):
                 image_index, step_index = pairs[start:start + max_batch].unbind(1)
                 moved = rank[image_index] < counts[step_index].view(-1, 1, 1, 1)
                 perturbed = torch.where(moved, move_to[image_index], start_from[image_index])
-                logits = batch.model(fast_layout(perturbed))
+                logits = model(fast_layout(perturbed))
                 probs.append(_probability_of(logits, batch.targets[image_index]))
         return torch.cat(probs).reshape(n, len(counts))
 
@@ -128,7 +141,8 @@ class DeletionAUC(_Curve):
     """Area under the target probability as the most salient pixels are removed first (lower is better)."""
 
     name = "deletion_auc"
-    defaults = {"step": 0.05, "baseline": "zero", "max_batch": 64}
+    higher_is_better = False
+    Params = CurveParams
 
 
 @register
@@ -136,14 +150,14 @@ class InsertionAUC(_Curve):
     """Area under the target probability as the most salient pixels are inserted first (higher is better)."""
 
     name = "insertion_auc"
-    defaults = {"step": 0.05, "baseline": "blur", "max_batch": 64}
+    Params = with_defaults(CurveParams, baseline="blur")
     insert = True
 
 
 class _Confidence(Metric):
     """Target probability on the image and on the image multiplied by its map (in pixel space)."""
 
-    defaults = {"max_batch": 64}
+    Params = BatchParams
 
     def probabilities(self, batch: MetricInput) -> tuple[np.ndarray, np.ndarray]:
         """(original, explanation-only) target probabilities, computed once per batch for both metrics."""
@@ -153,7 +167,7 @@ class _Confidence(Metric):
         return batch.shared[key]
 
     def _probabilities(self, batch: MetricInput) -> tuple[np.ndarray, np.ndarray]:
-        model, images = batch.model, batch.images
+        model, images = _model_of(batch), batch.images
         maps = torch.nan_to_num(batch.maps.float(), nan=0.0)[:, None]
         preprocessing = getattr(model, "vislib_preprocessing", None)
         if preprocessing is None:
@@ -170,6 +184,7 @@ class AverageDrop(_Confidence):
     """Relative drop of the target probability when only the explanation is shown: max(0, Y - O) / Y."""
 
     name = "average_drop"
+    higher_is_better = False
 
     def compute(self, batch: MetricInput) -> MetricResult:
         n = len(batch.samples)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register, target_boxes
+from vislib.params import param
 
 REFERENCE_SIZE = 224
 
@@ -15,7 +18,10 @@ class PointingGame(Metric):
     """1 if the map's maximum lies within `tolerance` px (at 224 px, scaled) of a target box, else 0."""
 
     name = "pointing_game"
-    defaults = {"tolerance": 15.0}
+
+    @dataclass(frozen=True)
+    class Params:
+        tolerance: float = param(15.0, "pixels around a box that still count, at 224 px (scaled)", minimum=0)
 
     def tolerance_px(self, image_size: int) -> float:
         """The tolerance scaled from 224-pixel images to `image_size`."""

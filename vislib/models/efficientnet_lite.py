@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import io
+from typing import Protocol
 
 import torch
 
@@ -15,8 +16,14 @@ from vislib.models.registry import MODELS, LoadedModel, Preprocessing, imagenet_
 LITE_PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
 
 
+class _LiteClass(Protocol):
+    """What vislib uses of the package's EfficientNet class: its `from_name` constructor."""
+
+    def from_name(self, model_name: str, *, num_classes: int) -> torch.nn.Module: ...
+
+
 @functools.cache
-def _lite_class() -> type[torch.nn.Module]:
+def _lite_class() -> _LiteClass:
     """The package's EfficientNet with its head activation as a module of its own, `head_activation`.
 
     The package applies one ReLU6 module (`_swish`) twice, after the stem and after the head, so that
