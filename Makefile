@@ -6,9 +6,9 @@ CORES ?= 2
 
 .PHONY: demo test lint report clean-results
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[test,slurm]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -7,7 +7,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-include: "rules/common.smk"
+include: "rules/common/config.smk"
+include: "rules/common/paths.smk"
+include: "rules/common/specs.smk"
+include: "rules/common/data.smk"
+include: "rules/common/sanity.smk"
+include: "rules/common/featvis.smk"
+include: "rules/common/lavise.smk"
 include: "rules/cluster.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
@@ -25,5 +31,4 @@ report: "report/workflow.rst"
 rule all:
     input:
         all_outputs(),
-        evaluation_figures(),
     default_target: True

@@ -129,7 +129,9 @@ def main() -> None:
     data = root / "shapes"
     if not (data / "annotations" / "instances_val.json").exists():
         generate_shapes(data, ShapesConfig(n_train=args.n_train, n_val=args.n_val, image_size=64, seed=0))
-    emb = lavise.write_seeded_embeddings(root / "shapes_embeddings.txt", dim=args.dim, seed=0)
+    words = lavise.concept_words(data, ["train", "val"])
+    words += [w for w in lavise.DISTRACTORS if w not in words]
+    emb = lavise.write_seeded_embeddings(root / "shapes_embeddings.txt", words, dim=args.dim, seed=0)
     net, net_acc, net_seconds = train_demonet(data, args.demo_epochs, seed=0)
 
     targets = {s: lavise.coco_targets(data, s, emb) for s in ("train", "val")}

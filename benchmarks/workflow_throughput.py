@@ -169,7 +169,7 @@ def main() -> None:
         direct_runs.append(direct_seconds(workdir, config))
     (wf, wf_cpu), (direct, direct_cpu) = min(workflow_runs), min(direct_runs)
     torch_start = import_seconds("import torch")
-    jobs_start = import_seconds("import vislib.jobs")
+    jobs_start = import_seconds("import vislib.jobs.explain")
     n = args.images * len(METHODS)
     n_jobs = 2 * len(METHODS) * shard_count(args.images, args.shard_size)
     lines = [
@@ -198,7 +198,7 @@ def main() -> None:
         "processes).", "",
         f"Per explain job the attribution method itself took {method_seconds(workdir):.2f} s. Start-up of a "
         f"fresh interpreter (fastest of 3): `import torch` {torch_start[0]:.2f} s wall / {torch_start[1]:.2f} s "
-        f"CPU, `import vislib.jobs` (torch included) {jobs_start[0]:.2f} s wall / {jobs_start[1]:.2f} s CPU; "
+        f"CPU, `import vislib.jobs.explain` (torch included) {jobs_start[0]:.2f} s wall / {jobs_start[1]:.2f} s CPU; "
         "every job pays this once.", "",
         f"Reproduce: `python benchmarks/workflow_throughput.py --images {args.images} --shard-size "
         f"{args.shard_size} --batch-size {args.batch_size} --cores {args.cores} --repeats {args.repeats}`",

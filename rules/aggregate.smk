@@ -17,12 +17,12 @@ rule aggregate:
         experiment_config=lambda w: experiment_config(w.experiment),
         device=config["device"],
     log:
-        "logs/aggregate/{experiment}.log",
+        Paths.log("aggregate", "{experiment}"),
     benchmark:
-        "benchmarks/runs/aggregate/{experiment}.tsv"
+        Paths.benchmark("aggregate", "{experiment}")
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -46,12 +46,12 @@ rule figure_grid:
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset),
     log:
-        "logs/figure_grid/{experiment}/{dataset}/{model}/{layer}.log",
+        Paths.log("figure_grid", "{experiment}/{dataset}/{model}/{layer}"),
     benchmark:
-        "benchmarks/runs/figure_grid/{experiment}/{dataset}/{model}/{layer}.tsv"
+        Paths.benchmark("figure_grid", "{experiment}/{dataset}/{model}/{layer}")
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:

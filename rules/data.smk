@@ -1,22 +1,21 @@
-# Datasets: prepare each configured dataset, then checkpoint its image list (shard counts come from it).
-
-# (mem_mb, runtime in minutes) of the prepare job of real datasets: downloads, extraction, JSON parsing.
-PREPARE_RESOURCES = {"coco": (8000, 12 * 60), "vg": (24000, 24 * 60), "imagenet_val": (4000, 3 * 60)}
+# Datasets: prepare each configured dataset, then checkpoint its image list (shard counts come from it);
+# downloads of pretrained weights and GloVe.
 
 
 rule prepare_dataset:
     output:
         Paths.prepared("{dataset}"),
     params:
-        spec=lambda w: config["datasets"][w.dataset],
-        root=lambda w: f"{DATA}/{w.dataset}",
+        kind=lambda w: config["datasets"][w.dataset]["kind"],
+        params=lambda w: config["datasets"][w.dataset].get("params", {}),
+        root=lambda w: Paths.dataset_root(w.dataset),
     log:
-        "logs/prepare_dataset/{dataset}.log",
+        Paths.log("prepare_dataset", "{dataset}"),
     benchmark:
-        "benchmarks/runs/prepare_dataset/{dataset}.tsv"
+        Paths.benchmark("prepare_dataset", "{dataset}")
     resources:
-        mem_mb=lambda w, attempt: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[0] * attempt,
-        runtime=lambda w, attempt: PREPARE_RESOURCES.get(config["datasets"][w.dataset]["kind"], (2000, 30))[1] * attempt,
+        mem_mb=scaled(lambda w: prepare_resources(w.dataset)[0]),
+        runtime=scaled(lambda w: prepare_resources(w.dataset)[1]),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -29,16 +28,17 @@ checkpoint image_list:
     output:
         Paths.image_list("{dataset}"),
     params:
-        spec=lambda w: dataset_spec(w.dataset),
+        dataset=lambda w: dataset_spec(w.dataset),
+        limit=lambda w: config["datasets"][w.dataset].get("limit"),
     log:
-        "logs/image_list/{dataset}.log",
+        Paths.log("image_list", "{dataset}"),
     benchmark:
-        "benchmarks/runs/image_list/{dataset}.tsv"
+        Paths.benchmark("image_list", "{dataset}")
     resources:
         # On SLURM the job's memory also holds the Snakemake process running it, which has imported torch
         # with this workflow (about 0.6 GB): 1000 MB was killed on a memory-enforcing cluster.
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 5 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(5),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -65,9 +65,9 @@ rule fetch_weights:
     params:
         url=lambda w: pretrained_weights()[w.file],
     log:
-        "logs/fetch_weights/{file}.log",
+        Paths.log("fetch_weights", "{file}"),
     benchmark:
-        "benchmarks/runs/fetch_weights/{file}.tsv"
+        Paths.benchmark("fetch_weights", "{file}")
     retries: 1
     resources:
         mem_mb=500,
@@ -89,9 +89,9 @@ rule glove:
     output:
         f"{GLOVE_DIR}/glove.6B.300d.txt",
     log:
-        "logs/glove.log",
+        Paths.log("glove", "glove"),
     benchmark:
-        "benchmarks/runs/glove.tsv"
+        Paths.benchmark("glove", "glove")
     retries: 1
     resources:
         mem_mb=500,

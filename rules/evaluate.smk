@@ -11,18 +11,18 @@ rule evaluate:
         metrics=lambda w: {m: metric_spec(config, m) for m in config["experiments"][w.experiment]["metrics"]},
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset),
-        target=lambda w: config["experiments"][w.experiment].get("target", "label"),
+        target=lambda w: experiment_target(w.experiment),
         device=config["device"],
     log:
-        "logs/evaluate/{experiment}/{dataset}/{model}/{layer}/{method}/shard_{shard}.log",
+        Paths.log("evaluate", SHARD_JOB),
     benchmark:
-        "benchmarks/runs/evaluate/{experiment}/{dataset}/{model}/{layer}/{method}/shard_{shard}.tsv"
+        Paths.benchmark("evaluate", SHARD_JOB)
     threads: 1
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: shard_runtime(attempt),
+        mem_mb=scaled(3000),
+        runtime=scaled(shard_minutes),
     conda:
         "../envs/vislib.yaml"
     script:

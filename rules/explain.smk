@@ -12,20 +12,20 @@ rule explain:
         method=lambda w: method_spec(config, w.method),
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset),
-        target=lambda w: config["experiments"][w.experiment].get("target", "label"),
+        target=lambda w: experiment_target(w.experiment),
         shard_size=config["shard_size"],
         batch_size=config["batch_size"],
         device=config["device"],
     log:
-        "logs/explain/{experiment}/{dataset}/{model}/{layer}/{method}/shard_{shard}.log",
+        Paths.log("explain", SHARD_JOB),
     benchmark:
-        "benchmarks/runs/explain/{experiment}/{dataset}/{model}/{layer}/{method}/shard_{shard}.tsv"
+        Paths.benchmark("explain", SHARD_JOB)
     threads: 1
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: shard_runtime(attempt),
+        mem_mb=scaled(3000),
+        runtime=scaled(shard_minutes),
     conda:
         "../envs/vislib.yaml"
     script:

@@ -1,5 +1,7 @@
 # Feature visualization: one job per experiment/model/layer/method/unit shard -> synthesised images with
 # their metadata (.npz); one grid per experiment/model/layer/method for the report.
+
+
 rule featvis:
     input:
         image_list=lambda w: Paths.image_list(experiment_dataset(w.experiment)),
@@ -15,15 +17,15 @@ rule featvis:
         seed=config["seed"],
         device=config["device"],
     log:
-        "logs/featvis/{experiment}/{model}/{layer}/{method}/shard_{shard}.log",
+        Paths.log("featvis", FEATVIS_SHARD_JOB),
     benchmark:
-        "benchmarks/runs/featvis/{experiment}/{model}/{layer}/{method}/shard_{shard}.tsv"
+        Paths.benchmark("featvis", FEATVIS_SHARD_JOB)
     threads: 1
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        mem_mb=scaled(3000),
+        runtime=scaled(60),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -41,12 +43,12 @@ rule featvis_grid:
             subcategory="Feature visualization",
         ),
     log:
-        "logs/featvis_grid/{experiment}/{model}/{layer}/{method}.log",
+        Paths.log("featvis_grid", FEATVIS_JOB),
     benchmark:
-        "benchmarks/runs/featvis_grid/{experiment}/{model}/{layer}/{method}.tsv"
+        Paths.benchmark("featvis_grid", FEATVIS_JOB)
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:

@@ -1,22 +1,24 @@
 # LaViSE (docs/lavise.md): the seeded word table where asked, the layer's features of the training and the
 # reference images, the explainer, each filter group named with words (+ figure), recall@k against baselines.
+
+
 rule lavise_embeddings:
     input:
         Paths.prepared("{dataset}"),
     output:
         Paths.seeded_embeddings("{dataset}"),
     params:
-        root=lambda w: f"{DATA}/{w.dataset}",
+        root=lambda w: Paths.dataset_root(w.dataset),
         splits=lambda w: [LAVISE["train_split"], dataset_spec(w.dataset)["split"]],
         dim=LAVISE["embedding_dim"],
         seed=LAVISE["embedding_seed"],
     log:
-        "logs/lavise_embeddings/{dataset}.log",
+        Paths.log("lavise_embeddings", "{dataset}"),
     benchmark:
-        "benchmarks/runs/lavise_embeddings/{dataset}.tsv"
+        Paths.benchmark("lavise_embeddings", "{dataset}")
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -37,16 +39,16 @@ rule lavise_features:
         dataset=lambda w: dataset_spec(experiment_dataset(w.experiment)),
         device=config["device"],
     log:
-        "logs/lavise_features/{experiment}/{model}/{layer}.log",
+        Paths.log("lavise_features", LAVISE_JOB),
     benchmark:
-        "benchmarks/runs/lavise_features/{experiment}/{model}/{layer}.tsv"
+        Paths.benchmark("lavise_features", LAVISE_JOB)
     # A chain of one job at a time (features, training, inference): started late, it is the run's tail.
     priority: 20
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        mem_mb=scaled(4000),
+        runtime=scaled(120),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -65,16 +67,16 @@ rule lavise_train:
         settings=subset(LAVISE, TRAIN_KEYS),
         device=config["device"],
     log:
-        "logs/lavise_train/{experiment}/{model}/{layer}.log",
+        Paths.log("lavise_train", LAVISE_JOB),
     benchmark:
-        "benchmarks/runs/lavise_train/{experiment}/{model}/{layer}.tsv"
+        Paths.benchmark("lavise_train", LAVISE_JOB)
     # A chain of one job at a time (features, training, inference): started late, it is the run's tail.
     priority: 20
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        mem_mb=scaled(4000),
+        runtime=scaled(120),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -102,14 +104,14 @@ rule lavise_infer:
         model=lambda w: model_spec(w.model),
         device=config["device"],
     log:
-        "logs/lavise_infer/{experiment}/{model}/{layer}/group_{group}.log",
+        Paths.log("lavise_infer", LAVISE_GROUP_JOB),
     benchmark:
-        "benchmarks/runs/lavise_infer/{experiment}/{model}/{layer}/group_{group}.tsv"
+        Paths.benchmark("lavise_infer", LAVISE_GROUP_JOB)
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -132,12 +134,12 @@ rule lavise_recall:
     params:
         settings=subset(LAVISE, RECALL_KEYS),
     log:
-        "logs/lavise_recall/{experiment}/{model}/{layer}.log",
+        Paths.log("lavise_recall", LAVISE_JOB),
     benchmark:
-        "benchmarks/runs/lavise_recall/{experiment}/{model}/{layer}.tsv"
+        Paths.benchmark("lavise_recall", LAVISE_JOB)
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:

@@ -8,7 +8,7 @@ rule train_model:
         checkpoint=Paths.checkpoint("{model}"),
         history=Paths.training("{model}"),
         curve=report(
-            "results/models/{model}/training_curve.png",
+            Paths.training_curve("{model}"),
             caption="../report/training.rst",
             category="Models",
         ),
@@ -18,9 +18,9 @@ rule train_model:
         dataset=lambda w: dataset_spec(config["models"][w.model]["train"]["dataset"]),
         device=config["device"],
     log:
-        "logs/train_model/{model}.log",
+        Paths.log("train_model", "{model}"),
     benchmark:
-        "benchmarks/runs/train_model/{model}.tsv"
+        Paths.benchmark("train_model", "{model}")
     # Most jobs wait for the trained model: start it before the jobs that do not need it. Half the cores, so
     # that it fits beside a running one-core job: asking for all of them starves it while the photos jobs,
     # which need no training, keep one core busy.
@@ -29,8 +29,8 @@ rule train_model:
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
     conda:
         "../envs/vislib.yaml"
     script:

@@ -7,24 +7,24 @@ rule sanity:
         image_list=lambda w: Paths.image_list(w.dataset),
         weights=lambda w: weights_input(w.model),
     output:
-        "results/{experiment}/sanity/{dataset}/{model}/{layer}/{method}.parquet",
+        Paths.sanity_table("{experiment}", "{dataset}", "{model}", "{layer}", "{method}"),
     params:
         method=lambda w: sanity_method(w.method),
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset),
-        target=lambda w: config["experiments"][w.experiment].get("target", "label"),
+        target=lambda w: experiment_target(w.experiment),
         n_images=lambda w: sanity_settings(w.experiment).get("images", 8),
         steps=lambda w: sanity_settings(w.experiment).get("steps", 6),
         device=config["device"],
     log:
-        "logs/sanity/{experiment}/{dataset}/{model}/{layer}/{method}.log",
+        Paths.log("sanity", "{experiment}/{dataset}/{model}/{layer}/{method}"),
     benchmark:
-        "benchmarks/runs/sanity/{experiment}/{dataset}/{model}/{layer}/{method}.tsv"
+        Paths.benchmark("sanity", "{experiment}/{dataset}/{model}/{layer}/{method}")
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: 30 * attempt,
+        mem_mb=scaled(3000),
+        runtime=scaled(30),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -36,18 +36,18 @@ rule sanity_figure:
         lambda w: sanity_tables(w.experiment),
     output:
         report(
-            "results/{experiment}/figures/sanity.png",
+            Paths.figure("{experiment}", "sanity.png"),
             caption="../report/sanity.rst",
             category="{experiment}",
             subcategory="Sanity check",
         ),
     log:
-        "logs/sanity_figure/{experiment}.log",
+        Paths.log("sanity_figure", "{experiment}"),
     benchmark:
-        "benchmarks/runs/sanity_figure/{experiment}.tsv"
+        Paths.benchmark("sanity_figure", "{experiment}")
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:
@@ -59,18 +59,18 @@ rule metric_bars:
         Paths.summary("{experiment}", "summary.parquet"),
     output:
         report(
-            "results/{experiment}/figures/metrics.png",
+            Paths.figure("{experiment}", "metrics.png"),
             caption="../report/metric_bars.rst",
             category="{experiment}",
             subcategory="Metrics",
         ),
     log:
-        "logs/metric_bars/{experiment}.log",
+        Paths.log("metric_bars", "{experiment}"),
     benchmark:
-        "benchmarks/runs/metric_bars/{experiment}.tsv"
+        Paths.benchmark("metric_bars", "{experiment}")
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
     conda:
         "../envs/vislib.yaml"
     script:

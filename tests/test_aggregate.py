@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from vislib import models
-from vislib.aggregate import aggregate, bootstrap_ci, metric_bar_chart, sanity_figure, summarize
+from vislib.aggregate import bootstrap_ci, summarize, write_tables
 from vislib.data.dataset import CocoFormatDataset
 from vislib.io import HeatmapShard, provenance, write_parquet
+from vislib.jobs.figures import metric_bars, sanity_figure
 from vislib.pipeline import evaluate_shard, rows_to_table
 
 ALL_METRICS = {"pointing_game": {}, "energy_pointing_game": {}, "loc_error_top1": {}, "loc_error_gt_known": {},
@@ -64,14 +65,14 @@ def test_bad_input_becomes_nan_rows_with_reasons_and_aggregation_goes_on(shapes_
     shard_path = tmp_path / "shard.parquet"
     write_parquet(shard_path, rows_to_table(table.to_dict("records")))
     meta = provenance({"x": 1})
-    summary = aggregate([shard_path], tmp_path / "metrics.parquet", tmp_path / "summary.parquet",
+    summary = write_tables([shard_path], tmp_path / "metrics.parquet", tmp_path / "summary.parquet",
                         tmp_path / "summary.md", meta, title="t")
     assert len(summary) == len(ALL_METRICS)
     assert (summary["n"] + summary["n_undefined"] >= 4).all()
     for name in ("metrics.parquet", "summary.parquet"):
         stored = pq.read_schema(tmp_path / name).metadata
         assert all(f"vislib.{key}".encode() in stored for key in PROVENANCE_KEYS)
-    metric_bar_chart(tmp_path / "summary.parquet", tmp_path / "bars.png", "t")
+    metric_bars(summary=tmp_path / "summary.parquet", out=tmp_path / "bars.png", title="t")
     assert (tmp_path / "bars.png").stat().st_size > 1000
 
 
@@ -89,7 +90,7 @@ def test_sanity_figure_draws_and_returns_step_means(tmp_path):
             for statistic in ("spearman", "spearman_abs") for step in range(4) for i in range(3)]
     path = tmp_path / "s.parquet"
     pd.DataFrame(rows).to_parquet(path)
-    means = sanity_figure([path], tmp_path / "sanity.png", "t")
+    means = sanity_figure(tables=[path], out=tmp_path / "sanity.png", title="t")
     last = means[(means.step == 3) & (means.statistic == "spearman")].set_index("method")["value"]
     assert last["gradcam"] == pytest.approx(0.1) and last["guided_backprop"] == pytest.approx(0.94)
     assert (tmp_path / "sanity.png").stat().st_size > 1000

@@ -28,8 +28,9 @@ def shapes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def emb():
-    return lavise.seeded_embeddings(lavise.shapes_vocabulary(), dim=16, seed=0)
+def emb(shapes):
+    words = lavise.concept_words(shapes, ["train", "val"])
+    return lavise.seeded_embeddings(words + [w for w in lavise.DISTRACTORS if w not in words], dim=16, seed=0)
 
 
 @pytest.fixture(scope="module")

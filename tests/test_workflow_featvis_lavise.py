@@ -16,10 +16,11 @@ from tests.workflow_helpers import snakemake, tiny_config
 from vislib import featvis, lavise
 from vislib.config import check_config
 from vislib.errors import ConfigError
-from vislib.featvis.jobs import random_crops, shard_count, unit_list
+from vislib.featvis.units import random_crops, shard_count, unit_list
 from vislib.io import load_featvis_shard, read_image_list
+from vislib.jobs.lavise import lavise_train, partial_checkpoint
 from vislib.lavise.infer import FilterAnalysis
-from vislib.lavise.jobs import TRAIN_KEYS, lavise_settings, partial_checkpoint, train_job
+from vislib.lavise.settings import TRAIN_KEYS, lavise_settings
 
 pytestmark = pytest.mark.workflow
 
@@ -131,12 +132,14 @@ def test_training_resumes_from_the_partial_checkpoint(finished_run, tmp_path):
     features = finished_run / LAVISE_DIR / "features"
     embeddings = str(finished_run / "results/embeddings/shapes.txt")
     settings = lavise_settings(LAVISE)
-    fresh = train_job(str(features), embeddings, settings, "cpu", str(tmp_path / "fresh.pt"), str(tmp_path / "f.csv"))
+    fresh = lavise_train(features_dir=str(features), embeddings=embeddings, settings=settings, device="cpu",
+                         checkpoint=str(tmp_path / "fresh.pt"), history=str(tmp_path / "f.csv"))
     # An interrupted run: one epoch done, its checkpoint still under the partial name.
     resumed_ckpt = tmp_path / "resumed.pt"
     lavise.train_explainer(features / "train", embeddings, partial_checkpoint(resumed_ckpt), epochs=1,
                            **{k: settings[k] for k in TRAIN_KEYS if k != "epochs"})
-    resumed = train_job(str(features), embeddings, settings, "cpu", str(resumed_ckpt), str(tmp_path / "r.csv"))
+    resumed = lavise_train(features_dir=str(features), embeddings=embeddings, settings=settings, device="cpu",
+                           checkpoint=str(resumed_ckpt), history=str(tmp_path / "r.csv"))
     pd.testing.assert_frame_equal(fresh.drop(columns="seconds"), resumed.drop(columns="seconds"))
     assert resumed_ckpt.exists() and not partial_checkpoint(resumed_ckpt).exists()
 

@@ -56,7 +56,8 @@ def summarize(table: pa.Table | pd.DataFrame, seed: int = 0,
                      "ci_low": low, "ci_high": high, "n": int(len(finite)),
                      "n_undefined": int(len(values) - len(finite)),
                      "seconds_per_image": float(np.nanmean(seconds)) if np.isfinite(seconds).any() else float("nan")})
-    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, "higher_is_better", "mean", "ci_low", "ci_high", "n", "n_undefined",
+    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, "higher_is_better", "mean", "ci_low", "ci_high", "n",
+                                       "n_undefined",
                                        "seconds_per_image"])
 
 
@@ -85,7 +86,7 @@ def reduce_over_datasets(table: pa.Table) -> pa.Table:
     return table
 
 
-def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLike,
+def write_tables(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLike,
               summary_path: str | os.PathLike, summary_md_path: str | os.PathLike,
               metadata: dict[str, str], title: str = "") -> pd.DataFrame:
     """Write metrics.parquet, summary.parquet and summary.md (each atomically) and return the summary."""
@@ -99,22 +100,3 @@ def aggregate(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLik
     write_parquet(summary_path, pa.Table.from_pandas(summary, preserve_index=False), metadata)
     write_text(summary_md_path, summary_markdown(summary, title))
     return summary
-
-
-def metric_bar_chart(summary_path: str | os.PathLike, out: str | os.PathLike, title: str = "") -> None:
-    """Draw the bar chart per metric (means with 95% CIs) of a summary.parquet."""
-    from vislib.figures import metric_bars
-
-    metric_bars(out, pd.read_parquet(summary_path), title)
-
-
-def sanity_figure(files: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "") -> pd.DataFrame:
-    """Draw the randomization curves of an experiment's sanity tables; return the per-step means."""
-    from vislib.figures import sanity_curves
-
-    if not files:
-        raise DataError("no sanity-check tables to draw; check the experiment's `sanity:` block")
-    curves = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    sanity_curves(out, curves, title)
-    return (curves.groupby(["model", "layer", "method", "statistic", "step", "randomized_to"])["value"]
-            .mean().reset_index())

@@ -1,4 +1,4 @@
-"""`vislib ...`: the workflow's steps without Snakemake."""
+"""`vislib ...`: the workflow's steps without Snakemake, and what vislib offers."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ def _layers(args: argparse.Namespace) -> None:
         print(f"{name}\t{'spatial' if name in spatial else ''}")
 
 
+def _list(args: argparse.Namespace) -> None:
+    from vislib import catalog
+
+    kinds = catalog.KINDS if args.kind == "all" else (args.kind,)
+    if args.markdown:
+        print(catalog.as_markdown(kinds), end="")
+        return
+    for kind in kinds:
+        if len(kinds) > 1:
+            print(f"# {catalog.TITLES[kind]}")
+        print(catalog.as_text(kind), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `vislib` command."""
     parser = argparse.ArgumentParser(prog="vislib", description=__doc__)
@@ -78,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model")
     layers.add_argument("--num-classes", type=int, default=None)
     layers.set_defaults(func=_layers)
+
+    listing = sub.add_parser("list", help="list the registered methods, metrics, featvis methods, models or dataset "
+                                          "kinds with their parameters")
+    listing.add_argument("kind", choices=["methods", "metrics", "featvis", "models", "datasets", "all"])
+    listing.add_argument("--markdown", action="store_true", help="as the Markdown of docs/parameters.md")
+    listing.set_defaults(func=_list)
     return parser
 
 

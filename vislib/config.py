@@ -12,8 +12,8 @@ from vislib import featvis, methods, metrics, models
 from vislib.data import DATASETS
 from vislib.errors import ConfigError, VislibError
 from vislib.featvis.engine import probe_layer
-from vislib.featvis.jobs import CLASS_LAYER, unit_indices, unit_source
-from vislib.lavise.jobs import check_settings, filter_list, lavise_settings
+from vislib.featvis.units import CLASS_LAYER, unit_indices, unit_source
+from vislib.lavise.settings import check_settings, filter_list, lavise_settings
 from vislib.params import unknown_key_message
 from vislib.registry import unknown_name_message
 
@@ -214,7 +214,8 @@ def _check_featvis(config: dict) -> None:
         for model, arch, num_classes, layer in _checked_layers(config, block["models"], where):
             if "channels" in sources and "channels" in block:
                 shape = _output_shape(arch, num_classes, layer)
-                _check_units(unit_indices(block["channels"]), shape[1], f"{where}.channels ({model} {layer})", "channels")
+                _check_units(unit_indices(block["channels"]), shape[1], f"{where}.channels ({model} {layer})",
+                             "channels")
         if "classes" in sources and "classes" in block:
             for model in block["models"]:
                 spec = config["models"][model]

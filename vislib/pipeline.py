@@ -1,4 +1,4 @@
-"""The steps the workflow runs, as plain functions: image lists, explaining a shard, scoring a shard."""
+"""The library steps jobs are built from: devices, models from a workflow spec, explaining and scoring a shard."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,6 @@ import pyarrow as pa
 import torch
 
 from vislib import devices, methods, metrics, models
-from vislib.data import open_dataset
 from vislib.data.dataset import RESIZE_PROTOCOL, CocoFormatDataset
 from vislib.errors import ConfigError
 from vislib.io import HeatmapShard
@@ -31,20 +29,6 @@ METRIC_COLUMNS = [
     ("seconds_per_image", pa.float64()),
 ]
 METRICS_SCHEMA = pa.schema(METRIC_COLUMNS)
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """Where a prepared dataset split lives and which reader opens it."""
-
-    kind: str
-    name: str
-    root: str
-    split: str
-
-    def open(self) -> CocoFormatDataset:
-        """Open the split."""
-        return open_dataset(self.kind, self.name, self.root, self.split)
 
 
 def select_images(dataset: CocoFormatDataset, limit: int | None) -> list[int]:

@@ -1,6 +1,7 @@
-from vislib.jobs import aggregate_experiment
+from vislib.jobs.aggregate import aggregate
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
-    aggregate_experiment(list(snakemake.input), dict(snakemake.output.items()), snakemake.wildcards.experiment,
-                         snakemake.params.experiment_config, snakemake.params.device)
+    out, p = snakemake.output, snakemake.params
+    aggregate(metric_shards=list(snakemake.input), metrics=out.metrics, summary=out.summary, summary_md=out.summary_md,
+              experiment=snakemake.wildcards.experiment, experiment_config=p.experiment_config, device=p.device)

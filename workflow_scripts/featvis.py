@@ -1,10 +1,12 @@
 import torch
 
-from vislib.featvis.jobs import featvis_shard
+from vislib.data import DatasetRef
+from vislib.jobs.featvis import featvis
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    p, w = snakemake.params, snakemake.wildcards
-    featvis_shard(w.method, p.method, p.model, w.layer, int(w.shard), p.settings, snakemake.input.image_list,
-                  p.dataset, p.seed, p.device, snakemake.output[0])
+    w, p = snakemake.wildcards, snakemake.params
+    featvis(label=w.method, method=p.method, model=p.model, layer=w.layer, shard=int(w.shard), settings=p.settings,
+            image_list=snakemake.input.image_list, dataset=DatasetRef(**p.dataset), seed=p.seed, device=p.device,
+            out=snakemake.output[0])

@@ -1,6 +1,6 @@
-from vislib.lavise.jobs import write_seeded_table
+from vislib.jobs.lavise import lavise_embeddings
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
     p = snakemake.params
-    write_seeded_table(p.root, p.splits, p.dim, p.seed, snakemake.output[0])
+    lavise_embeddings(root=p.root, splits=p.splits, dim=p.dim, seed=p.seed, out=snakemake.output[0])

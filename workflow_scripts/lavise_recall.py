@@ -1,7 +1,8 @@
-from vislib.lavise.jobs import recall_job
+from vislib.jobs.lavise import lavise_recall
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
     out = snakemake.output
-    recall_job(list(snakemake.input.analyses), list(snakemake.input.words), snakemake.params.settings,
-               snakemake.wildcards.experiment, out.recall, out.markdown, out.words)
+    lavise_recall(analyses=list(snakemake.input.analyses), words=list(snakemake.input.words),
+                  settings=snakemake.params.settings, experiment=snakemake.wildcards.experiment, recall_out=out.recall,
+                  markdown_out=out.markdown, words_out=out.words)

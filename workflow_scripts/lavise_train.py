@@ -1,9 +1,10 @@
 import torch
 
-from vislib.lavise.jobs import train_job
+from vislib.jobs.lavise import lavise_train
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    train_job(snakemake.input.features, snakemake.input.embeddings, snakemake.params.settings,
-              snakemake.params.device, snakemake.output.checkpoint, snakemake.output.history)
+    p, out = snakemake.params, snakemake.output
+    lavise_train(features_dir=snakemake.input.features, embeddings=snakemake.input.embeddings, settings=p.settings,
+                 device=p.device, checkpoint=out.checkpoint, history=out.history)

@@ -1,5 +1,5 @@
-from vislib.aggregate import metric_bar_chart
+from vislib.jobs.figures import metric_bars
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
-    metric_bar_chart(snakemake.input[0], snakemake.output[0], f"{snakemake.wildcards.experiment}: metrics")
+    metric_bars(summary=snakemake.input[0], out=snakemake.output[0], title=f"{snakemake.wildcards.experiment}: metrics")

@@ -1,5 +1,6 @@
-from vislib.jobs import prepare_dataset
+from vislib.jobs.data import prepare_dataset
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
-    prepare_dataset(snakemake.params.spec, snakemake.params.root, snakemake.output[0])
+    p = snakemake.params
+    prepare_dataset(kind=p.kind, params=p.params, root=p.root, marker=snakemake.output[0])

@@ -1,13 +1,14 @@
 import torch
 
-from vislib.metrics.sanity import sanity_job
+from vislib.data import DatasetRef
+from vislib.jobs.sanity import sanity
 from vislib.runlog import log_to
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    w = snakemake.wildcards
-    labels = {"experiment": w.experiment, "dataset": w.dataset, "model": w.model, "layer": w.layer,
-              "method": w.method}
-    sanity_job(snakemake.input.image_list, snakemake.params.n_images, snakemake.params.method,
-               snakemake.params.model, w.layer, snakemake.params.dataset, snakemake.params.target,
-               snakemake.params.steps, snakemake.params.device, labels, snakemake.output[0])
+    w, p = snakemake.wildcards, snakemake.params
+    sanity(image_list=snakemake.input.image_list, n_images=p.n_images, method=p.method, model=p.model, layer=w.layer,
+           dataset=DatasetRef(**p.dataset), target=p.target, steps=p.steps, device=p.device,
+           labels={"experiment": w.experiment, "dataset": w.dataset, "model": w.model, "layer": w.layer,
+                   "method": w.method},
+           out=snakemake.output[0])

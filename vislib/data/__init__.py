@@ -40,6 +40,20 @@ def open_dataset(kind: str, name: str, root: str | os.PathLike, split: str) -> C
     return DATASETS[kind].open(name, root, split)
 
 
+@dataclass(frozen=True)
+class DatasetRef:
+    """Where a prepared dataset lives, which split a job reads and which registered kind opens it."""
+
+    kind: str
+    name: str
+    root: str
+    split: str
+
+    def open(self, split: str | None = None) -> CocoFormatDataset:
+        """Open the split (or another `split` of the same dataset)."""
+        return open_dataset(self.kind, self.name, self.root, split or self.split)
+
+
 from vislib.data import builtin  # noqa: E402,F401  (registration)
 
 __all__ = [
@@ -48,6 +62,7 @@ __all__ = [
     "CocoFormatDataset",
     "CocoWriter",
     "DatasetKind",
+    "DatasetRef",
     "ImageRecord",
     "Sample",
     "decode_mask",

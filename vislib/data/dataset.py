@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vislib.data.cocoformat import ImageRecord, decode_mask, read_coco_split
 from vislib.errors import DataError, ImageDecodeError
-from vislib.models.registry import Preprocessing
+from vislib.preprocessing import Preprocessing
 
 RESIZE_PROTOCOL = "stretch"
 """Images are resized to the model's square input without cropping, so boxes scale per axis."""

@@ -14,7 +14,7 @@ from PIL import Image
 from vislib.data.cocoformat import CocoWriter
 from vislib.data.download import extract
 from vislib.errors import DataError
-from vislib.models.registry import imagenet_class_names
+from vislib.preprocessing import imagenet_class_names
 
 WHERE = ("ImageNet cannot be downloaded automatically: register at https://image-net.org/download-images.php "
          "(ILSVRC2012_img_val.tar, ILSVRC2012_bbox_val_v3.tgz) or take LOC_val_solution.csv and "

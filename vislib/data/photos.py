@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from vislib.data.cocoformat import CocoWriter
-from vislib.models.registry import imagenet_class_names
+from vislib.preprocessing import imagenet_class_names
 
 # Skipped skimage.data images: `cat` is the same photo as `chelsea`; `astronaut` shows a person, which
 # ImageNet has no class for; `horse` is a binary silhouette; `immunohistochemistry`, `hubble_deep_field`

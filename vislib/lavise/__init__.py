@@ -5,10 +5,10 @@ Pipeline: concept targets (`coco_targets`, `vg_targets`) -> `cache_features` (ba
 """
 
 from vislib.lavise.embeddings import (
+    DISTRACTORS,
     WordEmbeddings,
     load_glove,
     seeded_embeddings,
-    shapes_vocabulary,
     write_glove,
     write_seeded_embeddings,
 )
@@ -36,6 +36,7 @@ from vislib.lavise.targets import (
     ConceptTargets,
     ImageConcepts,
     coco_targets,
+    concept_words,
     split_category,
 )
 from vislib.lavise.train import (
@@ -48,6 +49,7 @@ from vislib.lavise.train import (
 from vislib.lavise.vg import preprocess_vg, synset_token, vg_targets
 
 __all__ = [
+    "DISTRACTORS",
     "INPUT_METHODS",
     "ConceptObject",
     "ConceptTargets",
@@ -62,6 +64,7 @@ __all__ = [
     "analyze_filters",
     "cache_features",
     "coco_targets",
+    "concept_words",
     "concepts_in_region",
     "csmr_loss",
     "explain_filters",
@@ -74,7 +77,6 @@ __all__ = [
     "recall_at_k",
     "recall_from_rankings",
     "seeded_embeddings",
-    "shapes_vocabulary",
     "split_category",
     "synset_token",
     "topk_accuracy",

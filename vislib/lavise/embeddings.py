@@ -11,22 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vislib.data.synthetic import CATEGORIES, COLOURS, TEXTURES
 from vislib.errors import ConfigError, DataError
 from vislib.io import atomic_path
 
-SHAPES_SIZES = ["large", "small"]
-SHAPES_DISTRACTORS = [
+DISTRACTORS = [
     "tree", "car", "dog", "house", "water", "person", "table", "sky", "book", "phone",
     "grass", "road", "window",
 ]
-"""Words that are never a concept of the shapes dataset, so a ranking has wrong answers to avoid."""
-
-
-def shapes_vocabulary(distractors: bool = True) -> list[str]:
-    """The concept words of the synthetic shapes dataset (categories, colours, sizes, textures)."""
-    words = [*CATEGORIES, *COLOURS, *SHAPES_SIZES, *TEXTURES]
-    return words + (SHAPES_DISTRACTORS if distractors else [])
+"""Everyday words added to a seeded word table beside a dataset's concepts, so a ranking has wrong answers to
+avoid (a word that is also a concept of the dataset is not added twice)."""
 
 
 @dataclass
@@ -132,9 +125,9 @@ def seeded_embeddings(words: Sequence[str], dim: int = 50, seed: int = 0) -> Wor
     return WordEmbeddings(unique, np.stack(rows).astype(np.float32))
 
 
-def write_seeded_embeddings(path: str | os.PathLike, words: Sequence[str] | None = None, dim: int = 50,
+def write_seeded_embeddings(path: str | os.PathLike, words: Sequence[str], dim: int = 50,
                             seed: int = 0) -> WordEmbeddings:
-    """Write the seeded table for `words` (default: the shapes vocabulary) in GloVe format."""
-    table = seeded_embeddings(shapes_vocabulary() if words is None else words, dim, seed)
+    """Write the seeded table for `words` in GloVe format."""
+    table = seeded_embeddings(words, dim, seed)
     write_glove(path, table)
     return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -171,3 +172,14 @@ def coco_targets(root: str | os.PathLike, split: str, embeddings: WordEmbeddings
                 objects.append(ConceptObject(kept, [[float(v) for v in box]], seg))
         images.append(ImageConcepts(int(image_id), str(rec.path), int(rec.width), int(rec.height), objects))
     return finish_targets(images, f"COCO-format split {split!r} under {str(root)!r}", tokens)
+
+
+def concept_words(root: str | os.PathLike, splits: Sequence[str]) -> list[str]:
+    """The concept words of a COCO-format dataset, read from its annotations: category name tokens and
+    attribute words, sorted."""
+    words: set[str] = set()
+    for split in dict.fromkeys(splits):
+        records, _, categories = read_coco_split(root, split)
+        words.update(t for name in categories for t in split_category(name))
+        words.update(a.lower() for rec in records.values() for attrs in rec.attributes for a in attrs)
+    return sorted(words)

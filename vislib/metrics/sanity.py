@@ -84,29 +84,3 @@ def randomization_curve(model: nn.Module, layer: str, method_name: str, method_p
     finally:
         torch.random.set_rng_state(generator_state)
     return pd.DataFrame(rows)
-
-
-def sanity_job(image_list: str, n_images: int, method: tuple[str, dict], model: dict, layer: str,
-               dataset: dict, target: str, n_steps: int, device: str, labels: dict[str, str], out: str) -> None:
-    """Run the randomization check of one method on the first `n_images` listed images; write its rows."""
-    import pyarrow as pa
-
-    from vislib.data import open_dataset
-    from vislib.io import provenance, read_image_list, write_parquet
-    from vislib.pipeline import load_model, resolve_device
-
-    torch.manual_seed(0)
-    net = load_model(model, device)
-    ds = open_dataset(dataset["kind"], "sanity", dataset["root"], dataset["split"])
-    batch = ds.load_batch(read_image_list(image_list)[:n_images], net.vislib_preprocessing)
-    images = batch.images.to(next(net.parameters()).device)
-    if target == "label":
-        targets = batch.labels.to(images.device)
-    else:
-        with torch.no_grad():
-            targets = net(images).argmax(1)
-    frame = randomization_curve(net, layer, method[0], method[1], images, targets, batch.image_ids, n_steps)
-    frame = frame.assign(**labels)
-    write_parquet(out, pa.Table.from_pandas(frame, preserve_index=False),
-                  provenance({"method": method, "model": model, "layer": layer, "n_images": n_images,
-                              "steps": n_steps, "target": target}, str(resolve_device(device))))

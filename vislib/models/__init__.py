@@ -4,14 +4,13 @@ from vislib.models import demonet, efficientnet_lite, torchvision_models  # noqa
 from vislib.models.registry import (
     MODELS,
     LoadedModel,
-    Preprocessing,
-    imagenet_class_names,
     layer_names,
     load,
     preprocessing_of,
     resolve_layer,
     spatial_layer_names,
 )
+from vislib.preprocessing import Preprocessing, imagenet_class_names
 
 __all__ = [
     "MODELS",

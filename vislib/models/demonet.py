@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from vislib.errors import ConfigError
-from vislib.models.registry import MODELS, LoadedModel, Preprocessing
+from vislib.models.registry import MODELS, LoadedModel
+from vislib.preprocessing import Preprocessing
 
 DEMO_PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 64)
 

@@ -11,7 +11,8 @@ from typing import Protocol
 import torch
 
 from vislib.errors import ConfigError
-from vislib.models.registry import MODELS, LoadedModel, Preprocessing, imagenet_class_names
+from vislib.models.registry import MODELS, LoadedModel
+from vislib.preprocessing import Preprocessing, imagenet_class_names
 
 LITE_PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
 

@@ -2,47 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vislib.errors import LayerError, MissingWeightsError, VislibError
+from vislib.preprocessing import Preprocessing
 from vislib.registry import Registry, unknown_name_message
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a model: size and normalisation statistics."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: int
-
-    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
-        """Map a [N,3,H,W] batch in [0,1] to the model's input space."""
-        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device)
-        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device)
-        return (images01 - mean[:, None, None]) / std[:, None, None]
-
-    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Inverse of `normalize`: model input space back to [0,1] pixels."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
-        return images * std[:, None, None] + mean[:, None, None]
-
-
-IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names in torchvision's order (its weights' `categories`, copied into
-    vislib: importing torchvision costs about 2 s, which every job on efficientnet_lite0 would pay)."""
-    return json.loads(resources.files("vislib.models").joinpath("imagenet_classes.json").read_text())
 
 
 @dataclass

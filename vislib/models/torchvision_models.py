@@ -10,14 +10,8 @@ from pathlib import Path
 import torch
 
 from vislib.errors import ConfigError
-from vislib.models.registry import (
-    IMAGENET,
-    MODELS,
-    LoadedModel,
-    Preprocessing,
-    imagenet_class_names,
-    missing_weights,
-)
+from vislib.models.registry import MODELS, LoadedModel, missing_weights
+from vislib.preprocessing import IMAGENET, Preprocessing, imagenet_class_names
 
 # The last spatial layer of each architecture: where CAM-style methods look by default.
 DEFAULT_LAYERS = {

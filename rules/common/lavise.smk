@@ -1,0 +1,26 @@
+# Helpers of rules/lavise.smk (functions and settings; Snakemake's linter keeps them apart from rules).
+from vislib.config import lavise_jobs
+from vislib.lavise.settings import (FEATURE_KEYS, INFER_KEYS, RECALL_KEYS, SEEDED, TRAIN_KEYS, filter_groups,
+                                    group_count, lavise_settings, subset)
+
+LAVISE = lavise_settings(config.get("lavise"))
+
+
+def lavise_embeddings(experiment):
+    """The word file of an experiment's LaViSE runs: the seeded table of its dataset, or the configured file."""
+    if LAVISE["embeddings"] == SEEDED:
+        return Paths.seeded_embeddings(experiment_dataset(experiment))
+    return LAVISE["embeddings"]
+
+
+def lavise_groups(wildcards, name):
+    return [Paths.lavise_group(wildcards.experiment, wildcards.model, wildcards.layer, group, name)
+            for group in range(group_count(LAVISE))]
+
+
+def lavise_outputs(experiment):
+    out = []
+    for model, layer in lavise_jobs(config, experiment):
+        out += [Paths.lavise(experiment, model, layer, n) for n in ("recall.parquet", "recall.md", "words.parquet")]
+        out += [Paths.lavise_group(experiment, model, layer, g, "filters.png") for g in range(group_count(LAVISE))]
+    return out

@@ -1,0 +1,33 @@
+# Helpers of rules/sanity.smk (functions and settings; Snakemake's linter keeps them apart from rules).
+from vislib.methods import METHODS
+
+
+def sanity_settings(experiment):
+    """The experiment's `sanity:` block (None when it has none)."""
+    return config["experiments"][experiment].get("sanity")
+
+
+def sanity_method(label):
+    """(registry name, params) of a method in a sanity block: a label under `methods:` or a registry name."""
+    if label in config["methods"]:
+        return method_spec(config, label)
+    return label, {}
+
+
+def sanity_tables(experiment):
+    exp, block = config["experiments"][experiment], sanity_settings(experiment)
+    return [Paths.sanity_table(experiment, exp["dataset"], model, layer, method)
+            for model, layers in exp["models"].items() for layer in layers for method in block["methods"]]
+
+
+def evaluation_figures(experiment):
+    """The metric bar chart of an experiment, and its sanity-check curves where it has a `sanity:` block."""
+    return [Paths.figure(experiment, "metrics.png")] + (
+        [Paths.figure(experiment, "sanity.png")] if sanity_settings(experiment) else [])
+
+
+for _experiment in config["experiments"]:
+    for _label in (sanity_settings(_experiment) or {}).get("methods", []):
+        if sanity_method(_label)[0] not in METHODS.names():
+            raise WorkflowError(f"experiments.{_experiment}.sanity.methods: unknown method {_label!r}; "
+                                f"known: {sorted(set(config['methods']) | set(METHODS.names()))}")

@@ -1,0 +1,94 @@
+# What rules hand to jobs (model and dataset specs) and the input functions that read the checkpointed image lists.
+from vislib.config import experiment_jobs, metric_spec, method_spec, model_weights
+
+
+def weights_input(model):
+    """The checkpoint file a trained model needs (nothing for pretrained or random weights)."""
+    return [Paths.checkpoint(model)] if "train" in config["models"][model] else []
+
+
+def model_spec(model):
+    """What determines a model's weights: the config entry, resolved to a weights string."""
+    spec = dict(config["models"][model])
+    return {"arch": spec["arch"], "weights": model_weights(config, model, Paths.checkpoint(model)),
+            "num_classes": spec.get("num_classes")}
+
+
+def dataset_spec(dataset):
+    """The fields of the `vislib.data.DatasetRef` a job opens the dataset's configured split with."""
+    spec = config["datasets"][dataset]
+    return {"kind": spec["kind"], "name": dataset, "root": Paths.dataset_root(dataset),
+            "split": spec.get("split", "val")}
+
+
+def experiment_dataset(experiment):
+    return config["experiments"][experiment]["dataset"]
+
+
+def experiment_target(experiment):
+    """Which class an experiment explains: the image label or the predicted class."""
+    return config["experiments"][experiment].get("target", "label")
+
+
+def listed_images(dataset):
+    """Number of images in a dataset's checkpointed image list."""
+    with open(checkpoints.image_list.get(dataset=dataset).output[0]) as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def n_shards(dataset):
+    """Shard count of a dataset, read from its checkpointed image list."""
+    return max(1, math.ceil(listed_images(dataset) / config["shard_size"]))
+
+
+def shard_minutes(wildcards):
+    """Minutes asked for one explain or evaluate job: an hour per 250 images of a shard."""
+    return 60 * math.ceil(config["shard_size"] / 250)
+
+
+def experiment_metric_shards(wildcards):
+    out = []
+    for job in experiment_jobs(config, wildcards.experiment):
+        for shard in range(n_shards(job.dataset)):
+            out.append(Paths.metric_shard(job.experiment, job.dataset, job.model, job.layer, job.method, shard))
+    return out
+
+
+def grid_heatmaps(wildcards):
+    """The first heatmap shard of every method of the experiment for one dataset/model/layer."""
+    checkpoints.image_list.get(dataset=wildcards.dataset)
+    exp = config["experiments"][wildcards.experiment]
+    return [Paths.heatmaps(wildcards.experiment, wildcards.dataset, wildcards.model, wildcards.layer, m, 0)
+            for m in exp["methods"]]
+
+
+def experiment_grids(experiment):
+    exp = config["experiments"][experiment]
+    return [Paths.grid(experiment, exp["dataset"], model, layer)
+            for model, layers in exp["models"].items() for layer in layers]
+
+
+def experiment_config(experiment):
+    """The part of the config an experiment's tables depend on (hashed into their provenance)."""
+    exp = config["experiments"][experiment]
+    return {
+        "experiment": exp,
+        "dataset": config["datasets"][exp["dataset"]],
+        "models": {m: config["models"][m] for m in exp["models"]},
+        "methods": {m: config["methods"][m] for m in exp["methods"]},
+        "metrics": {m: config["metrics"][m] for m in exp["metrics"]},
+        "seed": config["seed"],
+    }
+
+
+def all_outputs():
+    """Every final output of the configured experiments (the `all` target)."""
+    out = []
+    for experiment in config["experiments"]:
+        out += [Paths.summary(experiment, n) for n in ("metrics.parquet", "summary.parquet", "summary.md")]
+        out += experiment_grids(experiment)
+        out += featvis_grids(experiment)
+        out += lavise_outputs(experiment)
+        out += evaluation_figures(experiment)
+    out += [Paths.training(m) for m, spec in config["models"].items() if "train" in spec]
+    return out

@@ -1,0 +1,51 @@
+"""Jobs of rules/aggregate.smk: an experiment's tables, and its figure grid of maps per dataset/model/layer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from vislib import models
+from vislib.data import DatasetRef
+from vislib.io import load_shard, provenance
+from vislib.methods import to_image_maps
+from vislib.metrics import target_boxes
+from vislib.pipeline import resolve_device
+
+
+def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, experiment: str,
+              experiment_config: dict[str, Any], device: str) -> None:
+    """Aggregate an experiment's metric shards into metrics.parquet, summary.parquet and summary.md."""
+    from vislib.aggregate import write_tables
+
+    meta = provenance(experiment_config, str(resolve_device(device)))
+    meta["experiment_config"] = json.dumps(experiment_config, sort_keys=True, default=str)
+    write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment)
+
+
+def figure_grid(*, heatmaps: list[str], methods: list[str], n_images: int, model: dict[str, Any],
+                dataset: DatasetRef, title: str, out: str) -> None:
+    """Draw the first images of the first shard with every method's map and the target boxes."""
+    from vislib.figures import overlay_grid
+
+    shards = [load_shard(p) for p in heatmaps]
+    ids = [int(i) for i in shards[0].image_ids[:n_images]]
+    preprocessing = models.load(model["arch"], "random", num_classes=model.get("num_classes")).vislib_preprocessing
+    ds = dataset.open()
+    batch = ds.load_batch(ids, preprocessing)
+    size = preprocessing.input_size
+    images = preprocessing.denormalize(batch.images).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    maps = {}
+    for name, shard in zip(methods, shards, strict=True):
+        index = {int(i): k for k, i in enumerate(shard.image_ids)}
+        rows = [index[i] for i in batch.image_ids]
+        maps[name] = to_image_maps(torch.from_numpy(shard.maps[rows].astype(np.float32)), (size, size)).numpy()
+    first = {int(i): k for k, i in enumerate(shards[0].image_ids)}
+    targets = shards[0].targets[[first[i] for i in batch.image_ids]]
+    names = ds.label_names
+    boxes = [target_boxes(s, int(t)) for s, t in zip(batch.samples, targets, strict=True)]
+    row_titles = [f"#{s.image_id} {names[int(t)][:18]}" for s, t in zip(batch.samples, targets, strict=True)]
+    overlay_grid(out, images, maps, boxes, row_titles, title)

@@ -1,0 +1,31 @@
+"""Chart jobs of rules/sanity.smk: the sanity-check curves and the metric bars (no network, no torch)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import pandas as pd
+
+from vislib.errors import DataError
+
+
+def sanity_figure(*, tables: Sequence[str | os.PathLike], out: str | os.PathLike, title: str) -> pd.DataFrame:
+    """Draw the randomization curves of an experiment's sanity tables; print and return the per-step means."""
+    from vislib.figures import sanity_curves
+
+    if not tables:
+        raise DataError("no sanity-check tables to draw; check the experiment's `sanity:` block")
+    curves = pd.concat([pd.read_parquet(f) for f in tables], ignore_index=True)
+    sanity_curves(out, curves, title)
+    means = (curves.groupby(["model", "layer", "method", "statistic", "step", "randomized_to"])["value"]
+             .mean().reset_index())
+    print(means.to_string(index=False))
+    return means
+
+
+def metric_bars(*, summary: str | os.PathLike, out: str | os.PathLike, title: str) -> None:
+    """Draw the bar chart per metric (means with 95% CIs) of a summary.parquet."""
+    from vislib.figures import metric_bars as draw_metric_bars
+
+    draw_metric_bars(out, pd.read_parquet(summary), title)
