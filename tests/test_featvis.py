@@ -208,26 +208,61 @@ def test_centre_mask_is_the_originals_gaussian():
     assert mask[16, 17] == 1 and mask[16, 16] < 1
 
 
-def test_no_hooks_left_and_model_restored(model, photos):
+# Quick settings of every registered method for the contract test; a method registered without an entry here fails
+# test_the_contract_covers_every_registered_method.
+QUICK = {
+    "filter_visualization": {**FAST, "iterations": 2},
+    "deep_dream": {"iterations": 2, "octaves": 1},
+    "inversion": {"iterations": 2},
+    "class_image": {**FAST, "iterations": 2},
+    "class_agnostic": {"num_clusters": 2, "top_channels": 4, "penalty_layer": "features.12", "image_size": 32,
+                       "octaves": [{**TINY_OCTAVE, "iterations": 2}]},
+}
+
+
+def run_quick(name: str, model, photos):
+    """Run a registered method as the workflow would for its kind of units, with its quick settings."""
+    method = featvis.get(name, **QUICK[name])
+    source = method.unit_source
+    if source == "channels":
+        return method.generate(model, "features.6", [0, 3])
+    if source == "classes":
+        return method.generate(model, None, [1, 2])
+    if source == "images":
+        return method.generate(model, "features.6", None, photos[:2])
+    return method.generate(model, "features.14", None, photos)
+
+
+def test_the_contract_covers_every_registered_method():
+    assert set(QUICK) == set(featvis.FEATVIS.names())
+
+
+@pytest.mark.parametrize("name", featvis.FEATVIS.names())
+def test_every_method_meets_the_contract_and_leaves_the_model_as_it_was(name, model, photos):
     before = hook_count(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     modules = [type(m) for m in model.modules()]
     flags = [p.requires_grad for p in model.parameters()]
     inplace = [m.inplace for m in model.modules() if hasattr(m, "inplace")]
-    featvis.get("filter_visualization", **{**FAST, "iterations": 2}).generate(model, "features.6", [0])
-    featvis.get("deep_dream", iterations=2, octaves=1).generate(model, "features.6", None, photos[:1])
-    featvis.get("inversion", iterations=2).generate(model, "features.6", None, photos[:1])
-    featvis.get("class_image", **{**FAST, "iterations": 2}).generate(model, None, [1])
-    featvis.get("class_agnostic", num_clusters=2, top_channels=4, penalty_layer="features.12", image_size=32,
-                octaves=[{**TINY_OCTAVE, "iterations": 2}]).generate(model, "features.14", None, photos)
-    with pytest.raises(RuntimeError, match="boom"), tap_layers(model, outputs=["features.6"], inputs=["features.12"]):
-        raise RuntimeError("boom")
+    result = run_quick(name, model, photos)
+    n = len(result.images)
+    assert result.images.ndim == 4 and result.images.shape[1] == 3 and n == 2
+    assert result.images.dtype == torch.float32 and 0 <= result.images.min() and result.images.max() <= 1
+    assert result.units.shape == (n,) and len(result.labels) == n and result.loss_curve.shape[1] == n
+    assert torch.isfinite(result.loss_curve).all() and result.method == name
     assert hook_count(model) == before
     assert [p.requires_grad for p in model.parameters()] == flags
     assert [m.inplace for m in model.modules() if hasattr(m, "inplace")] == inplace
     # The methods optimise on a copy with folded batch norms; the model given keeps its own.
     assert [type(m) for m in model.modules()] == modules
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_hooks_are_released_on_an_error(model):
+    before = hook_count(model)
+    with pytest.raises(RuntimeError, match="boom"), tap_layers(model, outputs=["features.6"], inputs=["features.12"]):
+        raise RuntimeError("boom")
+    assert hook_count(model) == before
 
 
 def test_bad_input_gives_clear_errors(model, photos):

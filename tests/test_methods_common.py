@@ -8,20 +8,24 @@ import torch.nn.functional as F
 
 from vislib import methods, models
 from vislib.errors import ConfigError, LayerError, VislibError
+from vislib.methods.gradients import GradientMethod
 from vislib.methods.hooks import hook_count
 
 ARCHITECTURES = ["demonet", "resnet18", "densenet121", "googlenet", "vgg16", "alexnet"]
+# Every registered method goes through the contract; a new registration is tested without editing this file.
+ALL_METHODS = methods.METHODS.names()
+INPUT_RESOLUTION = [m for m in ALL_METHODS if issubclass(methods.METHODS[m], GradientMethod)]
+LAYER_RESOLUTION = [m for m in ALL_METHODS if m not in INPUT_RESOLUTION]
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "scorecam"]
-INPUT_RESOLUTION = ["vanilla_gradient", "guided_backprop", "guided_gradcam", "gradient_x_input",
-                    "integrated_gradients", "smoothgrad"]
-ALL_METHODS = CAM_METHODS + INPUT_RESOLUTION
 # Small settings keep the matrix quick; the defaults are exercised on the demo net below.
-QUICK = {"scorecam": {"top_channels": 8}, "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}}
+QUICK = {"scorecam": {"top_channels": 8}, "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2},
+         "l2caf_oblivious": {"max_iters": 10}, "l2caf_specific": {"max_iters": 10}}
 NO_POOL_LINEAR_HEAD = {"vgg16", "alexnet"}  # CAM needs global pooling + one linear layer
 
 
-def test_every_method_is_registered():
-    assert set(ALL_METHODS) <= set(methods.METHODS.names())
+def test_the_contract_covers_both_l2caf_variants_and_the_cam_family():
+    assert {"l2caf_oblivious", "l2caf_specific", *CAM_METHODS} <= set(LAYER_RESOLUTION)
+    assert {"vanilla_gradient", "smoothgrad", "integrated_gradients"} <= set(INPUT_RESOLUTION)
 
 
 def snapshot(net: torch.nn.Module) -> dict:
@@ -119,7 +123,7 @@ def test_model_is_unchanged_after_an_error_inside_the_method(method):
     assert_unchanged(net, before, state)
 
 
-@pytest.mark.parametrize("method", CAM_METHODS + ["guided_gradcam"])
+@pytest.mark.parametrize("method", [m for m in ALL_METHODS if methods.METHODS[m].uses_layer])
 def test_layer_methods_reject_non_spatial_and_unknown_layers(method):
     net = models.load("resnet18", "random")
     state = {k: v.clone() for k, v in net.state_dict().items()}
