@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
 
-.PHONY: demo test lint report clean-results
+.PHONY: demo test lint clean-results
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,9 +18,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# ruff (line length 120 enforced), Snakemake's linter, and mypy on vislib/ (settings in pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check vislib workflow_scripts tests benchmarks
 	$(SNAKEMAKE) --lint
+	$(VENV)/bin/mypy
 
 clean-results:
 	rm -rf results logs benchmarks/runs

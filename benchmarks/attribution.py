@@ -306,7 +306,8 @@ def main() -> None:
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [f"| {name} | {size} | {batch} | {fwd:.1f} | {fwd_cl:.1f} ({fwd_cl / fwd:.2f}x) | {grad:.1f} | "
-                  f"{grad_cl:.1f} ({grad_cl / grad:.2f}x) |" for name, size, batch, fwd, fwd_cl, grad, grad_cl in layouts]
+                  f"{grad_cl:.1f} ({grad_cl / grad:.2f}x) |"
+                  for name, size, batch, fwd, fwd_cl, grad, grad_cl in layouts]
     lines += [
         "",
         "## Score-CAM: top channels against exact",

@@ -71,7 +71,8 @@ def main() -> None:
         f"torch {torch.__version__}. Batch norms folded into the convolutions once beforehand, as `generate`",
         "does on each call, so the one-at-a-time loop is not charged for folding per call.",
         "",
-        "| torch threads | image side | units | batched (s) | one at a time (s) | speed-up | batched ms per unit-step |",
+        "| torch threads | image side | units | batched (s) | one at a time (s) | speed-up "
+        "| batched ms per unit-step |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threads, size, count, batched, looped in rows:

@@ -224,7 +224,8 @@ def featvis_rows(preset: dict, experiment: dict, args) -> list[dict]:
                 source = method_class.unit_source
                 total_units = {"channels": block.get("channels", 8), "classes": len(block.get("classes", [])),
                                "images": block.get("images", 4),
-                               "clusters": params.get("num_clusters", declared_defaults(method_class.Params).get("num_clusters"))
+                               "clusters": params.get("num_clusters",
+                                                      declared_defaults(method_class.Params).get("num_clusters"))
                                }[source]
                 units = min(args.featvis_units, total_units)
                 images = torch.rand(units if source == "images" else args.featvis_image_set, 3, size, size)
@@ -248,7 +249,8 @@ TABLES: dict[str, tuple[str, str, Callable[[dict], list[str]]]] = {
                                hms(r["total"]), r["note"]]),
     "lavise": ("| model | layer | LaViSE part | total | basis |", "|---|---|---|---:|---|",
                lambda r: [r["model"], r["layer"], r["part"], hms(r["total"]), r["basis"]]),
-    "featvis": ("| model | layer | featvis method | units | iterations per octave | total |", "|---|---|---|---:|---:|---:|",
+    "featvis": ("| model | layer | featvis method | units | iterations per octave | total |",
+                "|---|---|---|---:|---:|---:|",
                 lambda r: [r["model"], r["layer"], r["method"], str(r["units"]), f"{r['iterations']:g}",
                            hms(r["total"])]),
 }

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from vislib import models
-from vislib.metrics import METRICS
 from vislib.aggregate import bootstrap_ci, summarize, write_tables
 from vislib.data.dataset import CocoFormatDataset
 from vislib.io import HeatmapShard, provenance, write_parquet
 from vislib.jobs.figures import metric_bars, sanity_figure
+from vislib.metrics import METRICS
 from vislib.pipeline import evaluate_shard, rows_to_table
 
 # Every registered metric, with settings that keep it quick where its cost grows with them.

@@ -20,10 +20,12 @@ rule explain:
     wildcards: experiment=tiny, dataset=shapes, model=demonet, layer=features.14, method=gradcam, shard=0
     resources: tmpdir=/tmp, mem_mb=6000, mem=6000 MB, mem_mib=5723, runtime=120, cpus_per_task=1
 """
-MEMORY_KILLED = JOB_HEADER + """slurmstepd-vm: error: StepId=11.0 exceeded memory limit (522600448 > 471859200), being killed
-slurmstepd-vm: error: Exceeded job memory limit
+# Log lines as slurmstepd writes them.
+MEMORY_KILLED = JOB_HEADER + (
+    "slurmstepd-vm: error: StepId=11.0 exceeded memory limit (522600448 > 471859200), being killed\n"
+    """slurmstepd-vm: error: Exceeded job memory limit
 srun: error: vm: task 0: Killed
-"""
+""")
 TIME_KILLED = JOB_HEADER + """srun: Job step aborted: Waiting up to 32 seconds for job step to finish.
 slurmstepd-vm: error: *** STEP 12.0 ON vm CANCELLED AT 2026-11-23T14:35:45 DUE TO TIME LIMIT ***
 slurmstepd-vm: error: *** JOB 12 ON vm CANCELLED AT 2026-11-23T14:35:45 DUE TO TIME LIMIT ***
@@ -109,8 +111,18 @@ def test_every_cluster_rule_asks_for_more_memory_and_time_on_each_retry():
     rules = re.findall(r"^(?:rule|checkpoint) (\w+):\n((?:    .*\n|\n)+?)(?=^\S|\Z)", sources, re.M)
     assert len(rules) > 15
     fixed = [f"{name}: {line.strip()}" for name, body in rules if name not in local for line in body.splitlines()
-             if re.match(r"\s+(mem_mb|runtime)=", line) and "attempt" not in line]
+             if re.match(r"\s+(mem_mb|runtime)=", line) and "attempt" not in line and "scaled(" not in line]
     assert not fixed, fixed
+
+
+def test_scaled_resources_grow_with_the_attempt():
+    """rules/common/paths.smk's `scaled`, which the rules' mem_mb and runtime use, multiplies by the attempt."""
+    namespace = {"DATA": "data"}
+    exec((REPO / "rules" / "common" / "paths.smk").read_text(), namespace)
+    scaled = namespace["scaled"]
+    assert [scaled(3000)(None, attempt) for attempt in (1, 2, 3)] == [3000, 6000, 9000]
+    per_job = scaled(lambda wildcards: wildcards["n"] * 10)
+    assert per_job({"n": 4}, 2) == 80
 
 
 def test_every_rule_that_runs_code_has_a_log_and_a_benchmark():

@@ -1,4 +1,5 @@
-"""GPU claims by lock file: concurrent claims get different GPUs, a full box fails clearly, stale locks are taken over."""
+"""GPU claims by lock file: concurrent claims get different GPUs, a full box fails clearly, stale locks are
+taken over."""
 
 from __future__ import annotations
 

@@ -199,7 +199,8 @@ def test_published_digest_is_checked_when_the_caller_gives_none(server: str, tmp
     monkeypatch.setitem(PUBLISHED, f"{server}/good.zip", record)
     monkeypatch.setitem(PUBLISHED, f"{server}/bad.zip", record)
     assert download(f"{server}/good.zip", tmp_path / "good.zip", progress=False).read_bytes() == good
-    with pytest.raises(DownloadError, match="expected .*deleted. The expected digest is the one a test registry recorded.*place it at"):
+    with pytest.raises(DownloadError, match="expected .*deleted. The expected digest is the one a test registry "
+                                            "recorded.*place it at"):
         download(f"{server}/bad.zip", tmp_path / "bad.zip", progress=False)
     assert not (tmp_path / "bad.zip").exists() and not (tmp_path / "bad.zip.part").exists()
     own = download(f"{server}/bad.zip", tmp_path / "own.zip", sha256=hashlib.sha256(bad).hexdigest(), progress=False)

@@ -77,7 +77,8 @@ def test_vg_objects_and_attributes(tmp_path: Path) -> None:
             {"object_id": 20, "x": 1, "y": 2, "w": 30, "h": 70, "names": ["shades"], "synsets": ["shade.n.01"]},
             {"object_id": 21, "x": 0, "y": 0, "w": 5, "h": 5, "names": ["light"], "synsets": ["traffic_light.n.01"]}]}]
     attributes = [{"image_id": 1, "attributes": [
-        {"object_id": 10, "x": 5, "y": 6, "w": 30, "h": 20, "names": ["traffic light"], "attributes": ["Red ", "tall"]}]}]
+        {"object_id": 10, "x": 5, "y": 6, "w": 30, "h": 20, "names": ["traffic light"],
+         "attributes": ["Red ", "tall"]}]}]
     for name, doc in [("image_data", image_data), ("objects", objects), ("attributes", attributes)]:
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     _jpeg(tmp_path / "raw" / "VG_100K" / "1.jpg", 80, 50)

@@ -1,4 +1,5 @@
-"""Resume after SIGKILL: the rerun completes, keeps finished shards, and ends with the tables of an uninterrupted run."""
+"""Resume after SIGKILL: the rerun completes, keeps finished shards, and ends with the tables of an
+uninterrupted run."""
 
 from __future__ import annotations
 

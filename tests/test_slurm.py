@@ -24,11 +24,13 @@ def _cluster_problem() -> str | None:
     """Why the SLURM test cannot run here, or None."""
     missing = [tool for tool in ("sbatch", "sinfo", "squeue") if shutil.which(tool) is None]
     if missing:
-        return f"SLURM client tools not installed ({', '.join(missing)}); install slurm-client and run tests/slurm_cluster.sh"
+        return (f"SLURM client tools not installed ({', '.join(missing)}); install slurm-client and run "
+                "tests/slurm_cluster.sh")
     proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=30)
     states = proc.stdout.split()
     if proc.returncode != 0 or not {"idle", "mix"} & set(states):
-        return f"no idle SLURM node (sinfo: {proc.stdout.strip() or proc.stderr.strip()}); run tests/slurm_cluster.sh start"
+        return (f"no idle SLURM node (sinfo: {proc.stdout.strip() or proc.stderr.strip()}); "
+                "run tests/slurm_cluster.sh start")
     return None
 
 

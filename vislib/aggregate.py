@@ -80,9 +80,8 @@ def reduce_over_datasets(table: pa.Table) -> pa.Table:
     from vislib.metrics import METRICS
 
     for name in sorted(set(table.column("metric").to_pylist())):
-        reduction = METRICS[name].dataset_reduction if name in METRICS else None
-        if reduction is not None:
-            table = reduction(table, GROUP_COLUMNS[:-1])
+        if name in METRICS and METRICS[name].reduces_over_dataset:
+            table = METRICS[name].reduce_dataset(table, GROUP_COLUMNS[:-1])
     return table
 
 

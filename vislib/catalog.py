@@ -40,7 +40,7 @@ def _metrics() -> list[Entry]:
     from vislib.metrics import METRICS
 
     return [Entry(name, _summary(cls), {"better": "higher" if cls.higher_is_better else "lower",
-                                        "dataset-level": "yes" if cls.dataset_reduction else "no"},
+                                        "dataset-level": "yes" if cls.reduces_over_dataset else "no"},
                   _params(cls.Params))
             for name, cls in ((n, METRICS[n]) for n in METRICS.names())]
 

@@ -18,7 +18,7 @@ def _explain(args: argparse.Namespace) -> None:
     from vislib.pipeline import explain_shard, resolve_device, select_images
 
     net = models.load(args.model, args.weights, resolve_device(args.device), num_classes=args.num_classes)
-    layer = args.layer or net.vislib_default_layer
+    layer = args.layer or models.default_layer_of(net)
     dataset = open_dataset(args.dataset_kind, args.dataset_kind, args.root, args.split)
     ids = select_images(dataset, args.limit)
     shard = explain_shard(net, layer, args.method, json.loads(args.params), dataset, ids, args.target,

@@ -103,7 +103,7 @@ def _layers_of(arch: str, num_classes: int | None) -> tuple[str, ...]:
 def _output_shape(arch: str, num_classes: int | None, layer: str | None) -> tuple[int, ...]:
     """Shape of `layer`'s output (the logits for None) on one image of the model's input size."""
     model = _random_model(arch, num_classes)
-    size = model.vislib_preprocessing.input_size
+    size = models.preprocessing_of(model).input_size
     sample = torch.zeros(1, 3, size, size)
     if layer is None:
         with torch.no_grad():

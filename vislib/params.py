@@ -12,8 +12,8 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from vislib.errors import ConfigError
 
@@ -90,7 +90,8 @@ def _allowed(meta: Mapping[str, Any]) -> str:
 def _default_of(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
-    return field.default_factory()  # type: ignore[misc]
+    factory = cast(Callable[[], Any], field.default_factory)
+    return factory()
 
 
 def describe(declaration: type) -> list[ParamInfo]:

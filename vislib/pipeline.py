@@ -111,7 +111,7 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
     )
 
 
-def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch.nn.Module | None,
+def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch.nn.Module,
                    metric_specs: dict[str, dict[str, Any]], labels: dict[str, Any]) -> pa.Table:
     """Score a heatmap shard with each metric: one row per (image, metric), failures as NaN with a reason."""
     preprocessing = models.preprocessing_of(model)
@@ -125,7 +125,7 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
         batch = dataset.load_batch([int(i) for i in shard.image_ids], preprocessing)
         decoded = {s.image_id for s in batch.samples}
         keep = [i for i, image_id in enumerate(shard.image_ids) if int(image_id) in decoded]
-        device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        device = next(model.parameters()).device
         image_maps = methods.to_image_maps(torch.from_numpy(shard.maps[keep].astype(np.float32)), (size, size))
         # Normalising would turn a map with NaN into a constant one; keep it NaN so metrics record why.
         broken = ~np.isfinite(shard.maps[keep].astype(np.float32)).reshape(len(keep), -1).all(1)

@@ -93,8 +93,9 @@ class CocoFormatDataset:
         rec = self.record(image_id)
         scale = np.array([size / rec.width, size / rec.height] * 2, dtype=np.float32)
         masks = None
-        if with_masks and rec.masks and all(m is not None for m in rec.masks):
-            stack = np.stack([decode_mask(m) for m in rec.masks]).astype(np.float32)
+        encoded = [m for m in rec.masks if m is not None] if with_masks and rec.masks else []
+        if encoded and len(encoded) == len(rec.masks):
+            stack = np.stack([decode_mask(m) for m in encoded]).astype(np.float32)
             resized = F.interpolate(torch.from_numpy(stack)[None], size=(size, size), mode="nearest")[0]
             masks = resized.numpy() > 0.5
         return Sample(image_id, rec.label, rec.boxes * scale, rec.box_labels, masks, rec.attributes)

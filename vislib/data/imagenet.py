@@ -59,20 +59,29 @@ def _parse_xml(text: bytes, where: str) -> tuple[int, list[tuple[str, list[float
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise DataError(f"{where} is not valid XML ({exc})") from None
-    size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
-    objects = [(obj.findtext("name"), [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")])
+
+    def field(node: ET.Element, path: str) -> str:
+        value = node.findtext(path)
+        if value is None:
+            raise DataError(f"{where} has no <{path}>; it is not an ImageNet box annotation")
+        return value
+
+    size = (int(field(root, "size/width")), int(field(root, "size/height")))
+    objects = [(field(obj, "name"), [float(field(obj, f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")])
                for obj in root.iter("object")]
     return _image_id(root.findtext("filename") or where), objects, size
 
 
 def read_bbox_xml_archive(path: Path) -> tuple[dict[int, list[tuple[str, list[float]]]], dict[int, tuple[int, int]]]:
     """Boxes and (width, height) per image id from the val XML archive (ILSVRC2012_bbox_val_v3.tgz)."""
-    boxes, sizes = {}, {}
+    boxes: dict[int, list[tuple[str, list[float]]]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     try:
         with tarfile.open(path) as tf:
             for member in tf:
-                if member.isfile() and member.name.endswith(".xml"):
-                    image_id, objects, size = _parse_xml(tf.extractfile(member).read(), f"{path}:{member.name}")
+                handle = tf.extractfile(member) if member.isfile() and member.name.endswith(".xml") else None
+                if handle is not None:
+                    image_id, objects, size = _parse_xml(handle.read(), f"{path}:{member.name}")
                     boxes[image_id], sizes[image_id] = objects, size
     except (tarfile.TarError, EOFError) as exc:
         raise DataError(f"{str(path)!r} is not a readable tar of val XML files ({exc}). {WHERE}") from None
@@ -101,8 +110,9 @@ def prepare_imagenet_val(root: str | os.PathLike, archive: str | None = None, bo
     if not tarfile.is_tarfile(archive_path):
         raise DataError(f"params.archive {str(archive_path)!r} is not a tar archive; it must be "
                         f"ILSVRC2012_img_val.tar. {WHERE}")
+    sizes: dict[int, tuple[int, int]] = {}
     if boxes_path.suffix == ".csv":
-        per_image, sizes = read_loc_csv(boxes_path), {}
+        per_image = read_loc_csv(boxes_path)
     else:
         per_image, sizes = read_bbox_xml_archive(boxes_path)
     wnids = _wnid_order(synsets_path, per_image)

@@ -33,7 +33,7 @@ def figure_grid(*, heatmaps: list[str], methods: list[str], n_images: int, model
 
     shards = [load_shard(p) for p in heatmaps]
     ids = [int(i) for i in shards[0].image_ids[:n_images]]
-    preprocessing = models.load(model["arch"], "random", num_classes=model.get("num_classes")).vislib_preprocessing
+    preprocessing = models.preprocessing_of(models.load(model["arch"], "random", num_classes=model.get("num_classes")))
     ds = dataset.open()
     batch = ds.load_batch(ids, preprocessing)
     size = preprocessing.input_size

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,25 +47,26 @@ class MetricResult:
             self.reasons = [""] * len(self.values)
 
 
-DatasetReduction = Callable[[pa.Table, list[str]], pa.Table]
-"""Re-scores a metric's rows over each whole group of a dataset (the group columns are given)."""
-
-
 class Metric(ABC):
     """A metric with a `Params` declaration; `settings` are the protocol columns written beside each value.
 
-    `higher_is_better` says which way the metric improves; `dataset_reduction`, where set, re-scores the
-    metric's rows over a whole dataset at aggregation (a value that needs every image, e.g. MaxBoxAcc's
-    threshold).
+    `higher_is_better` says which way the metric improves. A metric whose value needs every image of a dataset
+    (MaxBoxAcc's threshold) sets `reduces_over_dataset` and overrides `reduce_dataset`, which aggregation calls.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     higher_is_better: ClassVar[bool] = True
-    dataset_reduction: ClassVar[DatasetReduction | None] = None
+    reduces_over_dataset: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = as_dict(parse(f"metric {self.name!r}", self.Params, params))
+
+    @classmethod
+    def reduce_dataset(cls, table: pa.Table, group_columns: list[str]) -> pa.Table:
+        """Re-score this metric's rows of `table` over each group of `group_columns` (a whole dataset/model/
+        layer/method); the default keeps them."""
+        return table
 
     def settings(self, image_size: int) -> dict[str, Any]:
         """Protocol settings that move published numbers, stored as columns."""

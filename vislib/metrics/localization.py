@@ -181,12 +181,17 @@ class MaxBoxAcc(_Localization):
 
     name = MAXBOXACC
     higher_is_better = True
-    dataset_reduction = staticmethod(apply_dataset_max_box_acc)
+    reduces_over_dataset = True
 
     @dataclass(frozen=True)
     class Params:
         thresholds: int = param(100, "map thresholds swept, evenly from 0", minimum=1)
         iou: float = param(0.5, "IoU with a target box that counts as localized", minimum=0, maximum=1)
+
+    @classmethod
+    def reduce_dataset(cls, table: pa.Table, group_columns: list[str]) -> pa.Table:
+        """MaxBoxAcc at the threshold best over each whole group (`apply_dataset_max_box_acc`)."""
+        return apply_dataset_max_box_acc(table, group_columns)
 
     def settings(self, image_size: int) -> dict:
         return {"loc_iou": float(self.params["iou"]), "box_thresholds": int(self.params["thresholds"])}

@@ -4,6 +4,7 @@ from vislib.models import demonet, efficientnet_lite, torchvision_models  # noqa
 from vislib.models.registry import (
     MODELS,
     LoadedModel,
+    default_layer_of,
     layer_names,
     load,
     preprocessing_of,
@@ -14,6 +15,7 @@ from vislib.preprocessing import Preprocessing, imagenet_class_names
 
 __all__ = [
     "MODELS",
+    "default_layer_of",
     "imagenet_class_names",
     "LoadedModel",
     "Preprocessing",

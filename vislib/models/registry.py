@@ -40,10 +40,11 @@ def load(name: str, weights: str = "random", device: str | torch.device = "cpu",
     else:
         loaded = builder(weights, num_classes)
     module = loaded.module
-    module.vislib_preprocessing = loaded.preprocessing
-    module.vislib_class_names = list(loaded.class_names)
-    module.vislib_default_layer = loaded.default_layer
-    module.vislib_name = name
+    # setattr: nn.Module types its attributes as tensors or modules; these are plain values the model carries.
+    setattr(module, "vislib_preprocessing", loaded.preprocessing)  # noqa: B010
+    setattr(module, "vislib_class_names", list(loaded.class_names))  # noqa: B010
+    setattr(module, "vislib_default_layer", loaded.default_layer)  # noqa: B010
+    setattr(module, "vislib_name", name)  # noqa: B010
     return module.eval().to(device)
 
 
@@ -72,10 +73,18 @@ def _load_checkpoint(name: str, builder: ModelBuilder, path: Path) -> LoadedMode
 
 def preprocessing_of(model: nn.Module) -> Preprocessing:
     """The preprocessing a model loaded by `load` carries."""
-    try:
-        return model.vislib_preprocessing
-    except AttributeError:
-        raise VislibError("model was not loaded with vislib.models.load; it carries no preprocessing") from None
+    preprocessing = getattr(model, "vislib_preprocessing", None)
+    if not isinstance(preprocessing, Preprocessing):
+        raise VislibError("model was not loaded with vislib.models.load; it carries no preprocessing")
+    return preprocessing
+
+
+def default_layer_of(model: nn.Module) -> str:
+    """The layer a model loaded by `load` is explained at when the config names none."""
+    layer = getattr(model, "vislib_default_layer", None)
+    if not isinstance(layer, str):
+        raise VislibError("model was not loaded with vislib.models.load; it has no default layer")
+    return layer
 
 
 def layer_names(model: nn.Module) -> list[str]:
