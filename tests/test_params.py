@@ -138,3 +138,14 @@ def test_parameter_values_are_checked_by_the_config_check(default_config, edit, 
     edit(config)
     with pytest.raises(ConfigError, match=message):
         check_config(config)
+
+
+def test_the_readme_listing_commands_run_as_printed():
+    lines = [line.split("#")[0].strip() for line in (REPO / "README.md").read_text().splitlines()
+             if line.startswith(".venv/bin/vislib list") or line.startswith(".venv/bin/vislib layers")]
+    assert len(lines) == 2
+    for line in lines:
+        command = line.split()
+        command[0] = str(Path(sys.executable).with_name("vislib"))
+        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
+        assert ("layer4" in out) if "layers" in line else ("gradcam" in out and "l2caf_specific" in out)
