@@ -15,7 +15,7 @@ from vislib import lavise
 from vislib.data.synthetic import ShapesConfig, generate_shapes
 from vislib.errors import ConfigError, DataError, LayerError
 from vislib.lavise.infer import FilterAnalysis
-from vislib.models.registry import Preprocessing
+from vislib.preprocessing import Preprocessing
 
 LAYER = "features.14"  # the demo net's last ReLU
 

@@ -17,7 +17,7 @@ from vislib.data.coco import convert_instances, link_split
 from vislib.data.imagenet import prepare_imagenet_val
 from vislib.data.vg import convert_vg
 from vislib.errors import DataError
-from vislib.models.registry import IMAGENET
+from vislib.preprocessing import IMAGENET
 
 
 def _jpeg(path: Path, width: int, height: int) -> None:
