@@ -4,7 +4,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default. A config given on the command line (--configfile: a preset, your own) replaces it
+# instead of being merged into it, so that a preset runs only what it names.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common/config.smk"

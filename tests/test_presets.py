@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,3 +52,39 @@ def test_missing_imagenet_archive_message(tmp_path: Path) -> None:
     assert "params.archive points at 'resources/imagenet/ILSVRC2012_img_val.tar', which does not exist" in log
     assert "image-net.org" in log
     assert not (tmp_path / "resources" / "datasets" / "imagenet_val" / "prepared.json").exists()
+
+
+def documented_preset_commands() -> list[str]:
+    """The preset command lines of docs/presets.md, exactly as printed (comments dropped)."""
+    lines = (REPO / "docs" / "presets.md").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines
+            if line.startswith("snakemake ") and "config/presets/<preset>.yaml" in line]
+
+
+def test_the_documented_preset_commands_run_only_what_the_preset_names(tmp_path: Path) -> None:
+    """Run each documented command, as printed, for every preset (dry run) in a copy of the workflow: a preset
+    replaces the embedded default config instead of being merged into it."""
+    for part in ("Snakefile", "rules", "workflow_scripts", "config", "report", "profiles", "envs"):
+        source = REPO / part
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / part)
+    commands = documented_preset_commands()
+    assert len(commands) == 2
+
+    def dry_run(job: tuple[str, Path]) -> tuple[str, Path, str]:
+        command, preset = job
+        argv = command.replace("<preset>", preset.stem).split()
+        argv[0] = str(Path(sys.executable).with_name("snakemake"))
+        proc = subprocess.run([*argv, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{command} ({preset.stem}) failed:\n{proc.stderr[-3000:]}"
+        return command, preset, proc.stdout + proc.stderr
+
+    jobs = [(command, preset) for command in commands for preset in PRESETS]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for command, preset, out in pool.map(dry_run, jobs):
+            config = yaml.safe_load(preset.read_text())
+            datasets = set(re.findall(r"dataset=([\w.-]+)", out))
+            assert datasets <= set(config["datasets"]), f"{preset.stem}: {command} schedules {datasets}"
+            experiments = set(re.findall(r"experiment=([\w.-]+)", out))
+            assert experiments <= set(config["experiments"]), f"{preset.stem}: {command} schedules {experiments}"
+            if not any("train" in spec for spec in config["models"].values()):
+                assert "train_model" not in out, f"{preset.stem}: {command} trains the demo net"
