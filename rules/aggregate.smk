@@ -44,7 +44,7 @@ rule figure_grid:
         methods=lambda w: config["experiments"][w.experiment]["methods"],
         n_images=lambda w: config["experiments"][w.experiment].get("figure_images", 8),
         model=lambda w: model_spec(w.model),
-        dataset=lambda w: dataset_spec(w.dataset),
+        dataset=lambda w: dataset_spec(w.dataset, w.experiment),
     log:
         Paths.log("figure_grid", "{experiment}/{dataset}/{model}/{layer}"),
     benchmark:

@@ -10,7 +10,7 @@ rule evaluate:
     params:
         metrics=lambda w: {m: metric_spec(config, m) for m in config["experiments"][w.experiment]["metrics"]},
         model=lambda w: model_spec(w.model),
-        dataset=lambda w: dataset_spec(w.dataset),
+        dataset=lambda w: dataset_spec(w.dataset, w.experiment),
         target=lambda w: experiment_target(w.experiment),
         device=config["device"],
     log:

@@ -11,7 +11,7 @@ rule explain:
         # Only what changes the maps is a param, so editing one method reruns only its jobs.
         method=lambda w: method_spec(config, w.method),
         model=lambda w: model_spec(w.model),
-        dataset=lambda w: dataset_spec(w.dataset),
+        dataset=lambda w: dataset_spec(w.dataset, w.experiment),
         target=lambda w: experiment_target(w.experiment),
         shard_size=config["shard_size"],
         batch_size=config["batch_size"],

@@ -13,7 +13,7 @@ rule featvis:
         method=lambda w: featvis_spec(config, w.method),
         settings=lambda w: featvis_settings(w.experiment, w.method),
         model=lambda w: model_spec(w.model),
-        dataset=lambda w: dataset_spec(experiment_dataset(w.experiment)),
+        dataset=lambda w: dataset_spec(experiment_dataset(w.experiment), w.experiment),
         seed=config["seed"],
         device=config["device"],
     log:

@@ -11,7 +11,7 @@ rule sanity:
     params:
         method=lambda w: sanity_method(w.method),
         model=lambda w: model_spec(w.model),
-        dataset=lambda w: dataset_spec(w.dataset),
+        dataset=lambda w: dataset_spec(w.dataset, w.experiment),
         target=lambda w: experiment_target(w.experiment),
         n_images=lambda w: sanity_settings(w.experiment).get("images", 8),
         steps=lambda w: sanity_settings(w.experiment).get("steps", 6),

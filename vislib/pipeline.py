@@ -13,7 +13,7 @@ import pyarrow as pa
 import torch
 
 from vislib import devices, methods, metrics, models
-from vislib.data.dataset import RESIZE_PROTOCOL, CocoFormatDataset
+from vislib.data.dataset import CocoFormatDataset
 from vislib.errors import ConfigError
 from vislib.io import HeatmapShard
 
@@ -120,7 +120,7 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
     n_ok = len(shard.image_ids)
     seconds_per_image = shard.seconds / n_ok if n_ok else float("nan")
     rows: list[dict[str, Any]] = []
-    common = {**labels, "resize": RESIZE_PROTOCOL, "image_size": size, "seconds_per_image": seconds_per_image}
+    common = {**labels, "resize": dataset.resize, "image_size": size, "seconds_per_image": seconds_per_image}
     if n_ok:
         batch = dataset.load_batch([int(i) for i in shard.image_ids], preprocessing)
         decoded = {s.image_id for s in batch.samples}
@@ -133,11 +133,14 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
         metric_input = metrics.MetricInput(image_maps.to(device), batch.images.to(device),
                                            torch.from_numpy(shard.targets[keep]).to(device), batch.samples, model,
                                            torch.from_numpy(shard.predicted[keep]).to(device))
+        # Under a cropping protocol, how many objects of each image the crop cut off (they are not scored against).
+        cut_off = ([{"boxes_outside_crop": s.outside_crop} for s in batch.samples] if dataset.resize != "stretch"
+                   else [{} for _ in batch.samples])
         for name, metric in metric_objects.items():
             result = metric(metric_input)
             settings = metric.settings(size)
             for j, i in enumerate(keep):
-                rows.append({**common, **settings, "image_id": int(shard.image_ids[i]),
+                rows.append({**common, **settings, **cut_off[j], "image_id": int(shard.image_ids[i]),
                              "target": int(shard.targets[i]), "predicted": int(shard.predicted[i]),
                              "metric": name, "value": float(result.values[j]), "reason": result.reasons[j],
                              **{key: array[j].tolist() for key, array in result.per_image.items()}})

@@ -14,11 +14,13 @@ def model_spec(model):
             "num_classes": spec.get("num_classes")}
 
 
-def dataset_spec(dataset):
-    """The fields of the `vislib.data.DatasetRef` a job opens the dataset's configured split with."""
+def dataset_spec(dataset, experiment=None):
+    """The fields of the `vislib.data.DatasetRef` a job opens the dataset's configured split with; an experiment's
+    jobs read its images by the experiment's resize protocol."""
     spec = config["datasets"][dataset]
+    resize = config["experiments"][experiment].get("resize", "stretch") if experiment else "stretch"
     return {"kind": spec["kind"], "name": dataset, "root": Paths.dataset_root(dataset),
-            "split": spec.get("split", "val")}
+            "split": spec.get("split", "val"), "resize": resize}
 
 
 def experiment_dataset(experiment):

@@ -24,7 +24,7 @@ class DatasetKind:
     """How to make a dataset on disk (`prepare`), its declared parameters and how to read it (`open`)."""
 
     prepare: Callable[..., dict[str, int]]  # prepare(root, **params) -> images per split
-    open: Callable[[str, str | os.PathLike, str], CocoFormatDataset]  # open(name, root, split)
+    open: Callable[..., CocoFormatDataset]  # open(name, root, split, resize=...)
     Params: type = NoParams
 
     def parse_params(self, kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -35,23 +35,26 @@ class DatasetKind:
 DATASETS: Registry[DatasetKind] = Registry("dataset kind")
 
 
-def open_dataset(kind: str, name: str, root: str | os.PathLike, split: str) -> CocoFormatDataset:
-    """Open a prepared split of a dataset of registered `kind`."""
-    return DATASETS[kind].open(name, root, split)
+def open_dataset(kind: str, name: str, root: str | os.PathLike, split: str,
+                 resize: str = "stretch") -> CocoFormatDataset:
+    """Open a prepared split of a dataset of registered `kind`, whose batches follow resize protocol `resize`."""
+    return DATASETS[kind].open(name, root, split, resize=resize)
 
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """Where a prepared dataset lives, which split a job reads and which registered kind opens it."""
+    """Where a prepared dataset lives, which split a job reads, which registered kind opens it, and how its images
+    become model inputs (`resize`, one of `vislib.data.dataset.RESIZE_PROTOCOLS`)."""
 
     kind: str
     name: str
     root: str
     split: str
+    resize: str = "stretch"
 
     def open(self, split: str | None = None) -> CocoFormatDataset:
         """Open the split (or another `split` of the same dataset)."""
-        return open_dataset(self.kind, self.name, self.root, split or self.split)
+        return open_dataset(self.kind, self.name, self.root, split or self.split, self.resize)
 
 
 from vislib.data import builtin  # noqa: E402,F401  (registration)

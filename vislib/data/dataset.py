@@ -15,8 +15,49 @@ from vislib.data.cocoformat import ImageRecord, decode_mask, read_coco_split
 from vislib.errors import DataError, ImageDecodeError
 from vislib.preprocessing import Preprocessing
 
-RESIZE_PROTOCOL = "stretch"
-"""Images are resized to the model's square input without cropping, so boxes scale per axis."""
+RESIZE_PROTOCOLS = ("stretch", "crop", "squash_crop")
+"""How an image becomes the model's square input of side S (the `resize` column of the metrics table):
+
+- `stretch`: resized to S x S, aspect ratio not kept; boxes scale per axis; nothing is cut off.
+- `crop`: torchvision's Resize(round(S * 256 / 224)) of the shorter side, aspect kept, then CenterCrop(S) (for S = 224:
+  Resize(256) + CenterCrop(224), the ImageNet evaluation transform of torchvision's weights).
+- `squash_crop`: resized to round(S * 256 / 224) on both sides, aspect not kept, then CenterCrop(S) (ADL's and the
+  L2-CAF port's evaluation).
+
+Under the crop protocols boxes and masks move with the pixels, boxes are clipped to the crop, and objects that
+leave it entirely are dropped from the sample and counted (`Sample.outside_crop`).
+"""
+CROP_RATIO = 224 / 256
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an original image lands in the model input: resized to `height` x `width`, then `top`/`left` cut."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+
+
+
+def input_geometry(width: int, height: int, size: int, resize: str) -> Geometry:
+    """The resize and crop that protocol `resize` applies to a `width` x `height` image for a `size` input."""
+    if resize == "stretch":
+        return Geometry(size, size, 0, 0)
+    resized = round(size / CROP_RATIO)
+    if resize == "squash_crop":
+        new_h = new_w = resized
+    elif resize == "crop":
+        # torchvision's Resize(int): the shorter side becomes `resized`, the longer one is truncated to an int.
+        if width <= height:
+            new_w, new_h = resized, int(resized * height / width)
+        else:
+            new_h, new_w = resized, int(resized * width / height)
+    else:
+        raise DataError(f"resize protocol {resize!r} is not one of {', '.join(RESIZE_PROTOCOLS)}")
+    # torchvision's CenterCrop: offsets rounded half to even, as Python's round does.
+    return Geometry(new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0)))
 
 
 @dataclass
@@ -29,6 +70,7 @@ class Sample:
     box_labels: np.ndarray  # int64 [K]
     masks: np.ndarray | None  # bool [K,S,S] or None when the dataset has no masks
     attributes: list[list[str]]
+    outside_crop: int = 0  # objects dropped because the resize protocol's crop cut them off entirely
 
 
 @dataclass
@@ -55,21 +97,41 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageDecodeError(f"image {str(path)!r} cannot be decoded: {exc}") from exc
 
 
-def to_input(pixels: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 [H,W,3] -> float [3,size,size] in [0,1], resized with antialiasing."""
+def to_input(pixels: np.ndarray, size: int, resize: str = "stretch") -> torch.Tensor:
+    """uint8 [H,W,3] -> float [3,size,size] in [0,1], resized with antialiasing by protocol `resize`."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()[None] / 255.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    geometry = input_geometry(x.shape[-1], x.shape[-2], size, resize)
+    if x.shape[-2:] != (geometry.height, geometry.width):
+        x = F.interpolate(x, size=(geometry.height, geometry.width), mode="bilinear", antialias=True,
+                          align_corners=False)
+    x = x[..., geometry.top:geometry.top + size, geometry.left:geometry.left + size]
     return x[0].clamp(0, 1)
+
+
+def place_boxes(boxes: np.ndarray, width: int, height: int, geometry: Geometry,
+                size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [K,4] xyxy of a `width` x `height` image moved into the model input and clipped to it; also which of
+    them keep a non-empty area (the others were cut off by the crop)."""
+    scale = np.array([geometry.width / width, geometry.height / height] * 2, dtype=np.float32)
+    if (geometry.height, geometry.width) == (size, size):
+        # Nothing is cut off: boxes only scale (as they always have under `stretch`).
+        return boxes * scale, np.ones(len(boxes), bool)
+    offset = np.array([geometry.left, geometry.top] * 2, dtype=np.float32)
+    placed = np.clip(boxes.astype(np.float32) * scale - offset, 0, size)
+    kept = (placed[:, 2] > placed[:, 0]) & (placed[:, 3] > placed[:, 1])
+    return placed, kept
 
 
 class CocoFormatDataset:
     """A dataset split stored in vislib's COCO format (images/{split}/, annotations/instances_{split}.json)."""
 
-    def __init__(self, name: str, root: str | os.PathLike, split: str) -> None:
+    def __init__(self, name: str, root: str | os.PathLike, split: str, resize: str = "stretch") -> None:
+        if resize not in RESIZE_PROTOCOLS:
+            raise DataError(f"resize protocol {resize!r} is not one of {', '.join(RESIZE_PROTOCOLS)}")
         self.name = name
         self.root = Path(root)
         self.split = split
+        self.resize = resize
         self.records, self.label_names, self.categories = read_coco_split(self.root, split)
         if not self.records:
             raise DataError(f"dataset {name!r} split {split!r} under {str(self.root)!r} has no images")
@@ -89,16 +151,23 @@ class CocoFormatDataset:
             raise DataError(f"image id {image_id} is not in dataset {self.name!r} split {self.split!r}") from None
 
     def sample(self, image_id: int, size: int, with_masks: bool = True) -> Sample:
-        """Ground truth of one image scaled to a square model input of `size` pixels."""
+        """Ground truth of one image moved into a square model input of `size` pixels by the resize protocol."""
         rec = self.record(image_id)
-        scale = np.array([size / rec.width, size / rec.height] * 2, dtype=np.float32)
+        geometry = input_geometry(rec.width, rec.height, size, self.resize)
+        boxes, kept = place_boxes(rec.boxes.reshape(-1, 4), rec.width, rec.height, geometry, size)
         masks = None
         encoded = [m for m in rec.masks if m is not None] if with_masks and rec.masks else []
         if encoded and len(encoded) == len(rec.masks):
             stack = np.stack([decode_mask(m) for m in encoded]).astype(np.float32)
-            resized = F.interpolate(torch.from_numpy(stack)[None], size=(size, size), mode="nearest")[0]
-            masks = resized.numpy() > 0.5
-        return Sample(image_id, rec.label, rec.boxes * scale, rec.box_labels, masks, rec.attributes)
+            resized = F.interpolate(torch.from_numpy(stack)[None], size=(geometry.height, geometry.width),
+                                    mode="nearest")[0]
+            masks = resized[:, geometry.top:geometry.top + size, geometry.left:geometry.left + size].numpy() > 0.5
+        if kept.all():
+            return Sample(image_id, rec.label, boxes, rec.box_labels, masks, rec.attributes)
+        attributes = ([a for a, k in zip(rec.attributes, kept, strict=True) if k]
+                      if len(rec.attributes) == len(kept) else rec.attributes)
+        return Sample(image_id, rec.label, boxes[kept], rec.box_labels[kept], None if masks is None else masks[kept],
+                      attributes, int((~kept).sum()))
 
     def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True) -> Batch:
         """Decode, resize and normalise images; images that fail to decode are reported, not raised."""
@@ -110,7 +179,7 @@ class CocoFormatDataset:
             except ImageDecodeError as exc:
                 failures[image_id] = str(exc)
                 continue
-            tensors.append(to_input(pixels, size))
+            tensors.append(to_input(pixels, size, self.resize))
             samples.append(self.sample(image_id, size, with_masks))
         images = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)

@@ -29,7 +29,7 @@ def load_pixels(dataset: DatasetRef, image_ids: Sequence[int], size: int) -> tup
     pixels, kept = [], []
     for image_id in image_ids:
         try:
-            pixels.append(to_input(read_image(ds.record(image_id).path), size))
+            pixels.append(to_input(read_image(ds.record(image_id).path), size, dataset.resize))
             kept.append(int(image_id))
         except ImageDecodeError as exc:
             log.warning("skipping image %s: %s", image_id, exc)
