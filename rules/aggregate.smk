@@ -1,4 +1,5 @@
-# Aggregate: all metric shards of an experiment -> metrics.parquet, summary.parquet, summary.md; figure grids.
+# Aggregate: all metric shards of an experiment -> metrics.parquet, summary.parquet, comparisons.parquet,
+# summary.md; figure grids.
 
 
 rule aggregate:
@@ -13,6 +14,7 @@ rule aggregate:
             category="{experiment}",
             subcategory="Metrics",
         ),
+        comparisons=Paths.summary("{experiment}", "comparisons.parquet"),
     params:
         experiment_config=lambda w: experiment_config(w.experiment),
         device=config["device"],
@@ -22,7 +24,8 @@ rule aggregate:
         Paths.benchmark("aggregate", "{experiment}")
     resources:
         mem_mb=scaled(2000),
-        runtime=scaled(10),
+        # BCa intervals and paired comparisons: about 8 s per 50,000-image group or method pair on one core.
+        runtime=scaled(60),
     conda:
         "../envs/vislib.yaml"
     script:

@@ -1,5 +1,5 @@
 # Sanity check: cascading model randomization per method (re-runs the methods), and its curve figure;
-# also the evaluation figures every experiment gets beside its tables.
+# also the evaluation figures every experiment gets beside its tables (metric bars, paired comparisons).
 
 
 rule sanity:
@@ -75,3 +75,26 @@ rule metric_bars:
         "../envs/vislib.yaml"
     script:
         "../workflow_scripts/metric_bars.py"
+
+
+rule comparison_figure:
+    input:
+        Paths.summary("{experiment}", "comparisons.parquet"),
+    output:
+        report(
+            Paths.figure("{experiment}", "comparisons.png"),
+            caption="../report/comparison_figure.rst",
+            category="{experiment}",
+            subcategory="Metrics",
+        ),
+    log:
+        Paths.log("comparison_figure", "{experiment}"),
+    benchmark:
+        Paths.benchmark("comparison_figure", "{experiment}")
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/comparison_figure.py"

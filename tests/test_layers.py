@@ -13,7 +13,7 @@ VISLIB = Path(__file__).resolve().parent.parent / "vislib"
 # Each top-level part of vislib and its layer: a module may import from its own layer or a lower one.
 LAYERS = {
     "errors": 0, "registry": 0, "params": 0, "io": 0, "preprocessing": 0, "runlog": 0, "losses": 0, "devices": 0,
-    "cluster": 0,
+    "cluster": 0, "stats": 0,
     "data": 1, "models": 1,
     "methods": 2, "featvis": 2, "lavise": 2, "metrics": 2, "training": 2, "pipeline": 2, "aggregate": 2,
     "figures": 2, "config": 2,

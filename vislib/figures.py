@@ -100,6 +100,57 @@ def metric_bars(path: str | os.PathLike, summary: pd.DataFrame, title: str = "")
     save_figure(fig, path, title, title_size=10, rect=(0, 0.06, 1, 1))
 
 
+def comparison_matrices(path: str | os.PathLike, comparisons: pd.DataFrame, title: str = "") -> None:
+    """Save per metric (and dataset/model/layer) the method x method matrix of paired mean differences.
+
+    A cell is its row's method minus its column's, over the images both score; blue where the row's method is
+    better in the metric's direction, red where worse; * marks a difference significant after Holm.
+    """
+    families = sorted(comparisons.groupby(["metric", "dataset", "model", "layer"]).groups) if len(comparisons) else []
+    if not families:
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.text(0.5, 0.5, "no two methods scored on the same images", ha="center", va="center", fontsize=9)
+        ax.axis("off")
+        save_figure(fig, path, title, title_size=10)
+        return
+    n_cols = min(3, len(families))
+    n_rows = -(-len(families) // n_cols)
+    size = max(3.2, 0.55 * comparisons[["method_a", "method_b"]].stack().nunique() + 1.6)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows + 0.4), squeeze=False)
+    for ax, (metric, dataset, model, layer) in zip(axes.flat, families, strict=False):
+        part = comparisons[(comparisons["metric"] == metric) & (comparisons["dataset"] == dataset)
+                           & (comparisons["model"] == model) & (comparisons["layer"] == layer)]
+        names = sorted(set(part["method_a"]) | set(part["method_b"]))
+        index = {name: k for k, name in enumerate(names)}
+        difference = np.full((len(names), len(names)), np.nan)
+        marked = np.zeros(difference.shape, bool)
+        for row in part.itertuples(index=False):
+            a, b = index[row.method_a], index[row.method_b]
+            difference[a, b], difference[b, a] = row.mean_difference, -row.mean_difference
+            marked[a, b] = marked[b, a] = bool(row.significant)
+        direction = part["higher_is_better"].iloc[0]
+        sign = -1.0 if direction is not None and not pd.isna(direction) and not direction else 1.0
+        advantage = sign * difference
+        limit = float(np.nanmax(np.abs(advantage))) if np.isfinite(advantage).any() else 1.0
+        ax.imshow(np.ma.masked_invalid(advantage), cmap="RdBu", vmin=-(limit or 1.0), vmax=limit or 1.0)
+        for (i, j), value in np.ndenumerate(difference):
+            if np.isfinite(value):
+                colour = "white" if abs(advantage[i, j]) > 0.6 * (limit or 1.0) else "black"
+                ax.text(j, i, f"{value:+.2f}{'*' if marked[i, j] else ''}", ha="center", va="center", fontsize=7,
+                        color=colour)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=7, rotation=30, ha="right")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set_xlabel("minus column", fontsize=7)
+        ax.set_ylabel("row", fontsize=7)
+        arrow = "" if direction is None or pd.isna(direction) else (" ↑" if direction else " ↓")
+        ax.set_title(f"{metric}{arrow}\n{dataset}/{model}/{layer}", fontsize=8)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
+    save_figure(fig, path, title, title_size=10)
+
+
 def sanity_curves(path: str | os.PathLike, curves: pd.DataFrame, title: str = "") -> None:
     """Save the randomization curves: mean Spearman correlation per method over cascade steps.
 

@@ -42,12 +42,12 @@ class Paths:
 
     @staticmethod
     def summary(experiment, name):
-        """metrics.parquet, summary.parquet or summary.md of an experiment."""
+        """metrics.parquet, summary.parquet, comparisons.parquet or summary.md of an experiment."""
         return f"results/{experiment}/{name}"
 
     @staticmethod
     def figure(experiment, name):
-        """An experiment-level figure: metrics.png or sanity.png."""
+        """An experiment-level figure: metrics.png, comparisons.png or sanity.png."""
         return f"results/{experiment}/figures/{name}"
 
     @staticmethod

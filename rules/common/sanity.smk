@@ -21,8 +21,9 @@ def sanity_tables(experiment):
 
 
 def evaluation_figures(experiment):
-    """The metric bar chart of an experiment, and its sanity-check curves where it has a `sanity:` block."""
-    return [Paths.figure(experiment, "metrics.png")] + (
+    """The metric bar chart and the paired-comparison matrices of an experiment, and its sanity-check curves
+    where it has a `sanity:` block."""
+    return [Paths.figure(experiment, "metrics.png"), Paths.figure(experiment, "comparisons.png")] + (
         [Paths.figure(experiment, "sanity.png")] if sanity_settings(experiment) else [])
 
 

@@ -87,7 +87,8 @@ def all_outputs():
     """Every final output of the configured experiments (the `all` target)."""
     out = []
     for experiment in config["experiments"]:
-        out += [Paths.summary(experiment, n) for n in ("metrics.parquet", "summary.parquet", "summary.md")]
+        out += [Paths.summary(experiment, n)
+                for n in ("metrics.parquet", "summary.parquet", "comparisons.parquet", "summary.md")]
         out += experiment_grids(experiment)
         out += featvis_grids(experiment)
         out += lavise_outputs(experiment)

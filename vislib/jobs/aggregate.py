@@ -16,14 +16,15 @@ from vislib.metrics import target_boxes
 from vislib.pipeline import resolve_device
 
 
-def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, experiment: str,
-              experiment_config: dict[str, Any], device: str) -> None:
-    """Aggregate an experiment's metric shards into metrics.parquet, summary.parquet and summary.md."""
+def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, comparisons: str,
+              experiment: str, experiment_config: dict[str, Any], device: str) -> None:
+    """Aggregate an experiment's metric shards into metrics.parquet, summary.parquet, comparisons.parquet and
+    summary.md."""
     from vislib.aggregate import write_tables
 
     meta = provenance(experiment_config, str(resolve_device(device)))
     meta["experiment_config"] = json.dumps(experiment_config, sort_keys=True, default=str)
-    write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment)
+    write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment, comparisons_path=comparisons)
 
 
 def figure_grid(*, heatmaps: list[str], methods: list[str], n_images: int, model: dict[str, Any],

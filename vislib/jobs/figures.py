@@ -1,4 +1,5 @@
-"""Chart jobs of rules/sanity.smk: the sanity-check curves and the metric bars (no network, no torch)."""
+"""Chart jobs of rules/sanity.smk: the sanity-check curves, the metric bars and the paired comparisons (no
+network, no torch)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def sanity_figure(*, tables: Sequence[str | os.PathLike], out: str | os.PathLike
              .mean().reset_index())
     print(means.to_string(index=False))
     return means
+
+
+def comparison_figure(*, comparisons: str | os.PathLike, out: str | os.PathLike, title: str) -> None:
+    """Draw per metric the method x method matrix of paired mean differences of a comparisons.parquet."""
+    from vislib.figures import comparison_matrices
+
+    comparison_matrices(out, pd.read_parquet(comparisons), title)
 
 
 def metric_bars(*, summary: str | os.PathLike, out: str | os.PathLike, title: str) -> None:

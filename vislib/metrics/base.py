@@ -50,14 +50,17 @@ class MetricResult:
 class Metric(ABC):
     """A metric with a `Params` declaration; `settings` are the protocol columns written beside each value.
 
-    `higher_is_better` says which way the metric improves. A metric whose value needs every image of a dataset
-    (MaxBoxAcc's threshold) sets `reduces_over_dataset` and overrides `reduce_dataset`, which aggregation calls.
+    `higher_is_better` says which way the metric improves; `binary` that every per-image value is 0 or 1 (the
+    summary gives it a Wilson interval and compares methods on it with McNemar's test). A metric whose value
+    needs every image of a dataset (MaxBoxAcc's threshold) sets `reduces_over_dataset` and overrides
+    `reduce_dataset`, which aggregation calls.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     higher_is_better: ClassVar[bool] = True
     reduces_over_dataset: ClassVar[bool] = False
+    binary: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = as_dict(parse(f"metric {self.name!r}", self.Params, params))

@@ -110,6 +110,7 @@ class GtKnownLocError(_Localization):
     """GT-known localization error: 1 unless the map's box overlaps a target box with IoU >= `iou`."""
 
     name = "loc_error_gt_known"
+    binary = True
 
     def compute(self, batch: MetricInput) -> MetricResult:
         hit, reasons = self.localized(batch)
@@ -131,6 +132,7 @@ class Top1LocError(_Localization):
     """Top-1 localization error: 1 unless the top-1 class is the image label and the box is localized."""
 
     name = "loc_error_top1"
+    binary = True
 
     def compute(self, batch: MetricInput) -> MetricResult:
         hit, reasons = self.localized(batch)
@@ -181,6 +183,7 @@ class MaxBoxAcc(_Localization):
 
     name = MAXBOXACC
     higher_is_better = True
+    binary = True
     reduces_over_dataset = True
 
     @dataclass(frozen=True)

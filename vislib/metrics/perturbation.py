@@ -200,6 +200,7 @@ class IncreaseInConfidence(_Confidence):
     """1 where the target probability rises when only the explanation is shown, else 0."""
 
     name = "increase_in_confidence"
+    binary = True
 
     def compute(self, batch: MetricInput) -> MetricResult:
         n = len(batch.samples)

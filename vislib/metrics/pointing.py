@@ -18,6 +18,7 @@ class PointingGame(Metric):
     """1 if the map's maximum lies within `tolerance` px (at 224 px, scaled) of a target box, else 0."""
 
     name = "pointing_game"
+    binary = True
 
     @dataclass(frozen=True)
     class Params:
