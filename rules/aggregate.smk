@@ -44,7 +44,7 @@ rule figure_grid:
             subcategory="Figures",
         ),
     params:
-        methods=lambda w: config["experiments"][w.experiment]["methods"],
+        methods=lambda w: {m: method_spec(config, m) for m in config["experiments"][w.experiment]["methods"]},
         n_images=lambda w: config["experiments"][w.experiment].get("figure_images", 8),
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset, w.experiment),

@@ -171,3 +171,26 @@ def test_cuda_gives_the_cpu_maps(method):
         assert gpu.shape == cpu.shape and torch.isfinite(gpu).all()
         return
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4 * float(cpu.abs().max()))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_maps_declared_unsigned_are_never_negative_and_signed_ones_carry_both_signs(method):
+    net = models.load("demonet", "random")
+    explainer = methods.get(method, **QUICK.get(method, {}))
+    maps = explainer.explain(net, None, torch.randn(3, 3, 64, 64)).maps
+    if explainer.maps_are_signed():
+        assert (maps < 0).any() and (maps > 0).any()
+    else:
+        assert (maps >= 0).all()
+
+
+def test_display_maps_keep_zero_for_signed_maps_and_clip_outliers():
+    maps = torch.linspace(-1, 1, 400).reshape(1, 20, 20)
+    maps[0, 0, 0] = -50.0  # one outlier that would wash out the rest
+    signed = methods.to_display_maps(maps, (20, 20), signed=True)
+    assert signed.min() == -1 and signed.max() <= 1
+    assert torch.equal(torch.sign(signed), torch.sign(maps))
+    assert signed[0, 19, 19] > 0.9  # the largest ordinary value is near the top of the scale, not squashed to ~0.02
+    unsigned = methods.to_display_maps(maps.abs(), (20, 20), signed=False)
+    assert unsigned.shape == (1, 20, 20) and unsigned.min() == 0 and unsigned.max() == 1
+    assert (unsigned > 0.5).float().mean() > 0.2

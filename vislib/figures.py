@@ -4,7 +4,7 @@ feature-visualization grids."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import matplotlib
 
@@ -44,10 +44,12 @@ def training_curve(path: str | os.PathLike, history: dict) -> None:
 
 def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str, np.ndarray],
                  boxes: Sequence[np.ndarray], row_titles: Sequence[str], title: str = "",
-                 cell_inches: float = 1.8) -> None:
-    """Save a grid: column 0 the image, then one column per method with its map (in [0,1]) overlaid.
+                 cell_inches: float = 1.8, signed: Collection[str] = ()) -> None:
+    """Save a grid: column 0 the image, then one column per method with its map overlaid.
 
-    images: float [N,H,W,3] in [0,1]; maps: name -> [N,H,W]; boxes: per image [K,4] xyxy to outline.
+    images: float [N,H,W,3] in [0,1]; maps: name -> [N,H,W] display maps (`to_display_maps`): in [0,1], drawn with
+    `jet`, or for the names in `signed` in [-1,1], drawn with a diverging colormap centred at 0 (red for the class,
+    blue against it); boxes: per image [K,4] xyxy to outline.
     """
     n_rows, n_cols = len(images), 1 + len(maps)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols, cell_inches * n_rows + 0.4),
@@ -57,7 +59,11 @@ def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str,
             ax = axes[r, c]
             ax.imshow(images[r])
             if c > 0:
-                ax.imshow(list(maps.values())[c - 1][r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                name = list(maps)[c - 1]
+                if name in signed:
+                    ax.imshow(maps[name][r], cmap="RdBu_r", alpha=0.6, vmin=-1, vmax=1)
+                else:
+                    ax.imshow(maps[name][r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
             for x0, y0, x1, y1 in boxes[r]:
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=1.2))
             ax.set_xticks([])

@@ -11,7 +11,8 @@ import torch
 from vislib import models
 from vislib.data import DatasetRef
 from vislib.io import load_shard, provenance
-from vislib.methods import to_image_maps
+from vislib.methods import get as get_method
+from vislib.methods import to_display_maps
 from vislib.metrics import target_boxes
 from vislib.pipeline import resolve_device
 
@@ -27,9 +28,10 @@ def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_m
     write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment, comparisons_path=comparisons)
 
 
-def figure_grid(*, heatmaps: list[str], methods: list[str], n_images: int, model: dict[str, Any],
-                dataset: DatasetRef, title: str, out: str) -> None:
-    """Draw the first images of the first shard with every method's map and the target boxes."""
+def figure_grid(*, heatmaps: list[str], methods: dict[str, tuple[str, dict[str, Any]]], n_images: int,
+                model: dict[str, Any], dataset: DatasetRef, title: str, out: str) -> None:
+    """Draw the first images of the first shard with every method's map ({label: (registry name, params)}, one
+    heatmap shard each, in order) and the target boxes; signed maps on a diverging colormap centred at 0."""
     from vislib.figures import overlay_grid
 
     shards = [load_shard(p) for p in heatmaps]
@@ -40,13 +42,15 @@ def figure_grid(*, heatmaps: list[str], methods: list[str], n_images: int, model
     size = preprocessing.input_size
     images = preprocessing.denormalize(batch.images).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     maps = {}
-    for name, shard in zip(methods, shards, strict=True):
+    signed = {label for label, (name, params) in methods.items() if get_method(name, **params).maps_are_signed()}
+    for label, shard in zip(methods, shards, strict=True):
         index = {int(i): k for k, i in enumerate(shard.image_ids)}
         rows = [index[i] for i in batch.image_ids]
-        maps[name] = to_image_maps(torch.from_numpy(shard.maps[rows].astype(np.float32)), (size, size)).numpy()
+        raw = torch.from_numpy(shard.maps[rows].astype(np.float32))
+        maps[label] = to_display_maps(raw, (size, size), label in signed).numpy()
     first = {int(i): k for k, i in enumerate(shards[0].image_ids)}
     targets = shards[0].targets[[first[i] for i in batch.image_ids]]
     names = ds.label_names
     boxes = [target_boxes(s, int(t)) for s, t in zip(batch.samples, targets, strict=True)]
     row_titles = [f"#{s.image_id} {names[int(t)][:18]}" for s, t in zip(batch.samples, targets, strict=True)]
-    overlay_grid(out, images, maps, boxes, row_titles, title)
+    overlay_grid(out, images, maps, boxes, row_titles, title, signed=signed)

@@ -6,7 +6,7 @@ from vislib.methods import (
            l2caf,  # noqa: F401  (registration)
 )
 from vislib.methods.base import METHODS, Attribution, AttributionMethod, get, register
-from vislib.methods.postprocess import normalize_maps, to_image_maps, upsample_maps
+from vislib.methods.postprocess import normalize_maps, to_display_maps, to_image_maps, upsample_maps
 
 __all__ = ["METHODS", "Attribution", "AttributionMethod", "get", "normalize_maps", "register",
-           "to_image_maps", "upsample_maps"]
+           "to_display_maps", "to_image_maps", "upsample_maps"]

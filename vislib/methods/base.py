@@ -30,10 +30,16 @@ class AttributionMethod(ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     uses_layer: ClassVar[bool] = True
+    # Whether the maps carry a sign (evidence for and against the class): pictures centre them at 0.
+    signed_maps: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = as_dict(parse(f"method {self.name!r}", self.Params, params))
         self.validate()
+
+    def maps_are_signed(self) -> bool:
+        """Whether this method's maps (with its parameters) carry a sign."""
+        return self.signed_maps
 
     def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no value checks)
         """Check parameter values beyond their types (override where needed)."""

@@ -191,6 +191,7 @@ class GradientXInput(GradientMethod):
     """Gradient x input (Shrikumar et al. 2016): input times its gradient, summed over channels."""
 
     name = "gradient_x_input"
+    signed_maps = True
 
     def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
         """The signed sum over channels."""
@@ -225,6 +226,7 @@ class IntegratedGradients(GradientMethod):
     """Integrated gradients (Sundararajan et al. 2017): (x - x') times the path-averaged gradient."""
 
     name = "integrated_gradients"
+    signed_maps = True
     # The midpoint rule is the default: a ReLU network's gradient jumps along the path, and
     # Gauss-Legendre's end-clustered nodes then miss the middle (6% completeness gap vs 0.4%
     # at 64 steps on a random resnet18 with a black baseline).
@@ -298,6 +300,10 @@ class SmoothGrad(GradientMethod):
     def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
         """The base method's reduction over channels."""
         return self.base.reduce(attribution)
+
+    def maps_are_signed(self) -> bool:
+        """Signed where the base method's maps are."""
+        return self.base.maps_are_signed()
 
     def noise(self, images: torch.Tensor) -> torch.Tensor:
         """Standard normal noise [samples,3,H,W] from `seed`, shared by every image of any batch.

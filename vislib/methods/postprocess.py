@@ -1,4 +1,4 @@
-"""The one place where maps are upsampled to image size and normalised."""
+"""The one place where maps are upsampled to image size and normalised, for scoring and for display."""
 
 from __future__ import annotations
 
@@ -25,3 +25,26 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def to_image_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Native-resolution maps -> [N,H,W] in [0,1] at image size (normalise, then upsample)."""
     return upsample_maps(normalize_maps(maps), size)
+
+
+DISPLAY_PERCENTILE = 99.5
+"""Maps are clipped at this percentile for display, so a few extreme pixels do not wash the rest out."""
+
+
+def to_display_maps(maps: torch.Tensor, size: tuple[int, int], signed: bool,
+                    percentile: float = DISPLAY_PERCENTILE) -> torch.Tensor:
+    """Native-resolution maps -> [N,H,W] at image size for pictures (captum's visualisation conventions).
+
+    Signed maps (`signed`) are divided by the `percentile` of their absolute values and clipped to [-1, 1], so 0
+    stays 0 (for a diverging colormap centred there); unsigned maps are min-max normalised with the maximum
+    replaced by their `percentile`, clipped to [0, 1].
+    """
+    up = upsample_maps(maps, size)
+    flat = up.reshape(up.shape[0], -1)
+    q = percentile / 100
+    if signed:
+        scale = torch.quantile(flat.abs(), q, dim=1, keepdim=True).clamp_min(1e-12)
+        return (flat / scale).clamp(-1, 1).reshape(up.shape)
+    low = flat.amin(1, keepdim=True)
+    span = (torch.quantile(flat, q, dim=1, keepdim=True) - low).clamp_min(1e-12)
+    return ((flat - low) / span).clamp(0, 1).reshape(up.shape)
