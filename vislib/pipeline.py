@@ -16,6 +16,7 @@ from vislib import devices, methods, metrics, models
 from vislib.data.dataset import CocoFormatDataset
 from vislib.errors import ConfigError
 from vislib.io import HeatmapShard
+from vislib.runlog import Progress
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
     maps, ids, targets, predicted, failures = [], [], [], [], {}
     extras: dict[str, list[np.ndarray]] = {}
     seconds = 0.0
+    progress = Progress(len(image_ids), f"explain {method_name}")
     for start in range(0, len(image_ids), batch_size):
         batch = dataset.load_batch(list(image_ids[start:start + batch_size]), models.preprocessing_of(model))
+        progress.update(len(batch.samples) + len(batch.failures))
         failures.update(batch.failures)
         if not batch.samples:
             continue
@@ -136,8 +139,10 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
         # Under a cropping protocol, how many objects of each image the crop cut off (they are not scored against).
         cut_off = ([{"boxes_outside_crop": s.outside_crop} for s in batch.samples] if dataset.resize != "stretch"
                    else [{} for _ in batch.samples])
+        progress = Progress(len(metric_objects) * len(keep), "evaluate")
         for name, metric in metric_objects.items():
             result = metric(metric_input)
+            progress.update(len(keep))
             settings = metric.settings(size)
             for j, i in enumerate(keep):
                 rows.append({**common, **settings, **cut_off[j], "image_id": int(shard.image_ids[i]),

@@ -25,6 +25,7 @@ from vislib.losses import general_robust_loss
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
 from vislib.params import param
+from vislib.runlog import Progress
 
 # One octave of the original's defaults; mask sigmas are fractions of the image side (420/512, 340/512).
 OCTAVE_DEFAULTS: dict[str, float | int] = {
@@ -264,12 +265,14 @@ class ClassAgnostic(FeatVisMethod):
         with frozen_model(model), tap_layers(model, outputs=[layer], inputs=[penalty] if penalty else []) as taps:
             with torch.no_grad():
                 score_start = losses(window, taps, 0.0)[1].float().cpu()
+            progress = Progress(sum(o.iterations for o in self.octaves), "class_agnostic", unit="steps")
             for octave in self.octaves:
                 canvas_side = max(side, round(side * octave.scale))
                 canvas = resize_bicubic(window, canvas_side)
                 offset = self._offset(canvas_side - side, octave.window, generator)
                 pixels, optimizer = None, None
                 for i in range(octave.iterations):
+                    progress.update()
                     step += 1
                     if pixels is None or optimizer is None or step % octave.window_step == 0:
                         if pixels is not None:

@@ -16,6 +16,7 @@ from vislib.errors import LayerError
 from vislib.methods.base import fast_layout
 from vislib.models.registry import preprocessing_of, resolve_layer
 from vislib.params import param
+from vislib.runlog import Progress
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
     sizes = octave_sizes(spatial_size(init), settings.octaves, settings.octave_scale)
     images = resize(init, sizes[0]).clamp(0, 1)
     curve = []
+    progress = Progress(len(sizes) * settings.iterations, "featvis", unit="steps")
     for k, size in enumerate(sizes):
         if k:
             if base is None:
@@ -297,6 +299,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
         optimizer = torch.optim.Adam([pixels], lr=settings.lr) if settings.optimizer == "adam" else \
             torch.optim.SGD([pixels], lr=settings.lr)
         for i in range(settings.iterations):
+            progress.update()
             fraction = i / max(1, settings.iterations - 1)
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr + (settings.lr_end - settings.lr) * fraction

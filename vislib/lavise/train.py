@@ -19,6 +19,7 @@ from vislib.io import atomic_path
 from vislib.lavise.embeddings import WordEmbeddings, load_glove
 from vislib.lavise.features import FeatureCache, ItemReader
 from vislib.lavise.model import Explainer
+from vislib.runlog import Progress
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
                 torch.cuda.set_rng_state(state["rng"]["cuda"], device)
             history = list(state["log"])
             best = dict(state["best"])
+        progress = Progress(epochs - len(history), "LaViSE training", unit="epochs")
         for epoch in range(len(history) + 1, epochs + 1):
             start = time.perf_counter()
             model.train()
@@ -215,6 +217,7 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
             if log_path is not None:
                 with atomic_path(log_path) as tmp:
                     pd.DataFrame(history).to_csv(tmp, index=False)
+            progress.update()
     return pd.DataFrame(history)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from vislib import methods
 from vislib.errors import ConfigError
+from vislib.runlog import Progress
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ def randomization_curve(model: nn.Module, layer: str, method_name: str, method_p
     rows = []
     done = 0
     try:
-        for index, count in enumerate(cascade_steps(len(order), n_steps)):
+        steps = cascade_steps(len(order), n_steps)
+        progress = Progress(len(steps), f"sanity {method_name}", unit="cascade steps")
+        for index, count in enumerate(steps):
             for name in order[done:count]:
                 modules[name].reset_parameters()
             done = count
@@ -81,6 +84,7 @@ def randomization_curve(model: nn.Module, layer: str, method_name: str, method_p
                 rows += [{"step": step.index, "n_randomized": step.n_randomized, "randomized_to": step.last_module,
                           "image_id": int(i), "statistic": statistic, "value": float(v)}
                          for i, v in zip(image_ids, values, strict=True)]
+            progress.update()
     finally:
         torch.random.set_rng_state(generator_state)
     return pd.DataFrame(rows)
