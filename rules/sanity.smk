@@ -98,3 +98,26 @@ rule comparison_figure:
         "../envs/vislib.yaml"
     script:
         "../workflow_scripts/comparison_figure.py"
+
+
+rule perturbation_curves:
+    input:
+        Paths.summary("{experiment}", "metrics.parquet"),
+    output:
+        report(
+            Paths.figure("{experiment}", "perturbation_curves.png"),
+            caption="../report/perturbation_curves.rst",
+            category="{experiment}",
+            subcategory="Metrics",
+        ),
+    log:
+        Paths.log("perturbation_curves", "{experiment}"),
+    benchmark:
+        Paths.benchmark("perturbation_curves", "{experiment}")
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/perturbation_curves.py"

@@ -216,3 +216,36 @@ def featvis_grid(path: str | os.PathLike, shards: Sequence[FeatVisShard], title:
     curve_ax.set_ylabel("loss", fontsize=7)
     curve_ax.tick_params(labelsize=6)
     save_figure(fig, path, title)
+
+
+def perturbation_curves(path: str | os.PathLike, rows: pd.DataFrame, title: str = "") -> None:
+    """Save mean deletion/insertion curves per method with a 95% band: a row of panels per metric, a column per
+    dataset/model/layer. `rows`: metric-table rows with `perturbation_step` and the `perturbation_curve` list."""
+    metric_names = sorted(rows["metric"].unique())
+    groups = sorted(rows.groupby(["dataset", "model", "layer"]).groups)
+    method_names = sorted(rows["method"].unique())
+    size = (4.0 * len(groups), 2.8 * len(metric_names) + 0.6)
+    fig, axes = plt.subplots(len(metric_names), len(groups), figsize=size, squeeze=False)
+    for r, metric in enumerate(metric_names):
+        for c, group in enumerate(groups):
+            ax = axes[r, c]
+            in_group = (rows["dataset"] == group[0]) & (rows["model"] == group[1]) & (rows["layer"] == group[2])
+            part = rows[(rows["metric"] == metric) & in_group]
+            for k, method in enumerate(method_names):
+                curves = part.loc[part["method"] == method, "perturbation_curve"]
+                if curves.empty:
+                    continue
+                stacked = np.stack([np.asarray(v, float) for v in curves])
+                step = float(part.loc[part["method"] == method, "perturbation_step"].iloc[0])
+                fractions = np.minimum(np.arange(stacked.shape[1]) * step, 1.0)
+                mean = np.nanmean(stacked, 0)
+                half = 1.96 * np.nanstd(stacked, 0, ddof=1) / np.sqrt(len(stacked)) if len(stacked) > 1 else 0 * mean
+                ax.plot(fractions, mean, color=f"C{k % 10}", lw=1.2, label=method)
+                ax.fill_between(fractions, mean - half, mean + half, color=f"C{k % 10}", alpha=0.2, lw=0)
+            ax.set_title(f"{metric}: {'/'.join(group[1:])}", fontsize=8)
+            ax.set_xlabel("fraction of pixels moved", fontsize=7)
+            ax.set_ylabel("probability of the class", fontsize=7)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=7)
+    save_figure(fig, path, title, title_size=10, rect=(0, 0.07, 1, 1))

@@ -1,5 +1,6 @@
 # Helpers of rules/sanity.smk (functions and settings; Snakemake's linter keeps them apart from rules).
 from vislib.methods import METHODS
+from vislib.metrics import METRICS
 
 
 def sanity_settings(experiment):
@@ -20,10 +21,17 @@ def sanity_tables(experiment):
             for model, layers in exp["models"].items() for layer in layers for method in block["methods"]]
 
 
+def has_curves(experiment):
+    """Whether a metric of the experiment keeps per-image curves (deletion, insertion)."""
+    names = [metric_spec(config, label)[0] for label in config["experiments"][experiment]["metrics"]]
+    return any(METRICS[name].curve_column for name in names)
+
+
 def evaluation_figures(experiment):
-    """The metric bar chart and the paired-comparison matrices of an experiment, and its sanity-check curves
-    where it has a `sanity:` block."""
+    """The metric bar chart and the paired-comparison matrices of an experiment, its deletion/insertion curves
+    where it has those metrics, and its sanity-check curves where it has a `sanity:` block."""
     return [Paths.figure(experiment, "metrics.png"), Paths.figure(experiment, "comparisons.png")] + (
+        [Paths.figure(experiment, "perturbation_curves.png")] if has_curves(experiment) else []) + (
         [Paths.figure(experiment, "sanity.png")] if sanity_settings(experiment) else [])
 
 

@@ -10,6 +10,10 @@ import pandas as pd
 
 from vislib.errors import DataError
 
+# The list column of deletion/insertion rows (vislib.metrics.perturbation.CURVE_COLUMN); named here so that chart
+# jobs need not import the metrics (and torch).
+CURVE_COLUMN = "perturbation_curve"
+
 
 def sanity_figure(*, tables: Sequence[str | os.PathLike], out: str | os.PathLike, title: str) -> pd.DataFrame:
     """Draw the randomization curves of an experiment's sanity tables; print and return the per-step means."""
@@ -37,3 +41,18 @@ def metric_bars(*, summary: str | os.PathLike, out: str | os.PathLike, title: st
     from vislib.figures import metric_bars as draw_metric_bars
 
     draw_metric_bars(out, pd.read_parquet(summary), title)
+
+
+def perturbation_curves(*, metrics: str | os.PathLike, out: str | os.PathLike, title: str) -> None:
+    """Draw the mean deletion/insertion curve of each method with its band, from an experiment's metrics.parquet."""
+    import pyarrow.parquet as pq
+
+    from vislib.figures import perturbation_curves as draw_curves
+
+    columns = ["dataset", "model", "layer", "method", "metric", "perturbation_step", CURVE_COLUMN]
+    available = set(pq.read_schema(metrics).names)
+    if CURVE_COLUMN not in available:
+        raise DataError(f"{str(metrics)!r} has no {CURVE_COLUMN!r} column: the experiment scores no deletion or "
+                        "insertion curve")
+    table = pq.read_table(metrics, columns=columns).to_pandas()
+    draw_curves(out, table[table[CURVE_COLUMN].notna()], title)

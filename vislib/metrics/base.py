@@ -60,6 +60,8 @@ class Metric(ABC):
     Params: ClassVar[type] = NoParams
     higher_is_better: ClassVar[bool] = True
     reduces_over_dataset: ClassVar[bool] = False
+    # A per-image curve the metric keeps beside its value (a list column of the metrics table), drawn as mean curves.
+    curve_column: ClassVar[str | None] = None
     binary: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:

@@ -15,6 +15,8 @@ from vislib.metrics.base import Metric, MetricInput, MetricResult, register
 from vislib.params import param, with_defaults
 
 BASELINES = ("zero", "blur", "mean")
+CURVE_COLUMN = "perturbation_curve"
+"""The list column of deletion/insertion rows: target probability at fractions 0, step, 2 step, ..., 1 moved."""
 NO_MODEL = "needs the model"
 
 
@@ -91,6 +93,7 @@ class _Curve(Metric):
     """Probability of the target class while pixels are moved between image and baseline in map order."""
 
     insert: bool = False
+    curve_column = CURVE_COLUMN
 
     def settings(self, image_size: int) -> dict:
         return {"perturbation_step": float(self.params["step"]), "perturbation_baseline": self.params["baseline"]}
@@ -133,7 +136,7 @@ class _Curve(Metric):
             return MetricResult(np.full(n, np.nan), [NO_MODEL] * n)
         curve = self.curves(batch).double().cpu().numpy()
         values = np.trapezoid(curve, self.fractions(), axis=1)
-        return MetricResult(values, _target_reasons(values))
+        return MetricResult(values, _target_reasons(values), {CURVE_COLUMN: curve})
 
 
 @register
