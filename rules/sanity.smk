@@ -7,7 +7,8 @@ rule sanity:
         image_list=lambda w: Paths.image_list(w.dataset),
         weights=lambda w: weights_input(w.model),
     output:
-        Paths.sanity_table("{experiment}", "{dataset}", "{model}", "{layer}", "{method}"),
+        table=Paths.sanity_table("{experiment}", "{dataset}", "{model}", "{layer}", "{method}"),
+        maps=Paths.sanity_maps("{experiment}", "{dataset}", "{model}", "{layer}", "{method}"),
     params:
         method=lambda w: sanity_method(w.method),
         model=lambda w: model_spec(w.model),
@@ -33,11 +34,18 @@ rule sanity:
 
 rule sanity_figure:
     input:
-        lambda w: sanity_tables(w.experiment),
+        tables=lambda w: sanity_tables(w.experiment),
+        maps=lambda w: sanity_tables(w.experiment, Paths.sanity_maps),
     output:
-        report(
+        curves=report(
             Paths.figure("{experiment}", "sanity.png"),
             caption="../report/sanity.rst",
+            category="{experiment}",
+            subcategory="Sanity check",
+        ),
+        strip=report(
+            Paths.figure("{experiment}", "sanity_maps.png"),
+            caption="../report/sanity_maps.rst",
             category="{experiment}",
             subcategory="Sanity check",
         ),

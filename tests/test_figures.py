@@ -47,3 +47,28 @@ def test_perturbation_curves_are_drawn_from_a_metrics_table(tmp_path):
     pd.DataFrame(rows).drop(columns=[CURVE_COLUMN]).to_parquet(table)
     with pytest.raises(DataError, match="no 'perturbation_curve' column"):
         perturbation_curves(metrics=table, out=tmp_path / "none.png", title="t")
+
+
+def test_the_sanity_job_keeps_one_images_maps_along_the_cascade_and_the_strip_is_drawn(shapes_root, tmp_path):
+    from vislib.data import DatasetRef
+    from vislib.io import load_sanity_maps
+    from vislib.jobs.figures import sanity_figure
+    from vislib.jobs.sanity import sanity
+
+    (tmp_path / "list.txt").write_text("".join(f"{i}\n" for i in CocoFormatDataset("s", shapes_root, "val")
+                                               .image_ids()[:3]))
+    labels = {"experiment": "e", "dataset": "shapes", "model": "demonet", "layer": "features.14",
+              "method": "gradient_x_input"}
+    sanity(image_list=str(tmp_path / "list.txt"), n_images=3, method=("gradient_x_input", {}),
+           model={"arch": "demonet", "weights": "random", "num_classes": 6}, layer="features.14",
+           dataset=DatasetRef("shapes", "shapes", str(shapes_root), "val"), target="label", steps=3, device="cpu",
+           labels=labels, out=str(tmp_path / "t.parquet"), maps_out=str(tmp_path / "m.npz"))
+    cascade = load_sanity_maps(tmp_path / "m.npz")
+    table = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(cascade.maps) == table["step"].nunique() == 4 and cascade.steps[0] == ""
+    assert cascade.signed and cascade.image.shape == (64, 64, 3) and cascade.maps.shape[1:] == (64, 64)
+    # Step 0 recomputes the trained model's maps; the fully randomized model's differ.
+    assert not np.allclose(cascade.maps[0], cascade.maps[-1])
+    sanity_figure(tables=[tmp_path / "t.parquet"], maps=[tmp_path / "m.npz"], out=tmp_path / "curves.png",
+                  strip_out=tmp_path / "strip.png", title="t")
+    assert (tmp_path / "strip.png").stat().st_size > 5000

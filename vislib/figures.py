@@ -249,3 +249,29 @@ def perturbation_curves(path: str | os.PathLike, rows: pd.DataFrame, title: str 
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=7)
     save_figure(fig, path, title, title_size=10, rect=(0, 0.07, 1, 1))
+
+
+def sanity_strip(path: str | os.PathLike, strips: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str], bool]],
+                 title: str = "", cell_inches: float = 1.5) -> None:
+    """Save a strip of maps along the randomization cascade: a row per (label, image [H,W,3], display maps
+    [S,H,W], step names, signed), a column per step, from the trained model to every layer randomized."""
+    n_cols = max(len(strip[2]) for strip in strips)
+    fig, axes = plt.subplots(len(strips), n_cols, figsize=(cell_inches * n_cols, cell_inches * len(strips) + 0.5),
+                             squeeze=False)
+    for r, (label, image, maps, steps, signed) in enumerate(strips):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(maps):
+                ax.axis("off")
+                continue
+            ax.imshow(image)
+            if signed:
+                ax.imshow(maps[c], cmap="RdBu_r", alpha=0.6, vmin=-1, vmax=1)
+            else:
+                ax.imshow(maps[c], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_title(steps[c] or "trained", fontsize=6)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=6)
+    save_figure(fig, path, title, title_size=9)

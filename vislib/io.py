@@ -209,3 +209,30 @@ def load_featvis_shard(path: str | os.PathLike) -> FeatVisShard:
         units=data["units"], labels=[str(x) for x in data["labels"]], loss_curve=data["loss_curve"],
         image_ids=data["image_ids"], seconds=float(data["seconds"]), extras=extras,
     ))
+
+
+@dataclass
+class SanityMaps:
+    """One image's maps along a sanity-check cascade: `image` [H,W,3] pixels in [0,1], `maps` [S,h,w] at the
+    method's native resolution (step 0: the trained model), `steps` the deepest layer randomized at each step ("" for
+    none), `signed` whether the method's maps carry a sign, `label` the method, model and layer."""
+
+    image: np.ndarray
+    maps: np.ndarray
+    steps: list[str]
+    signed: bool
+    label: str
+
+
+def save_sanity_maps(path: str | os.PathLike, maps: SanityMaps) -> None:
+    """Write a cascade's maps of one image atomically (.npz)."""
+    _save_npz(path, {"image": maps.image.astype(np.float32), "maps": maps.maps.astype(np.float32),
+                     "steps": np.array(maps.steps, dtype=np.str_), "signed": np.array(maps.signed),
+                     "label": np.array(maps.label, dtype=np.str_)}, {})
+
+
+def load_sanity_maps(path: str | os.PathLike) -> SanityMaps:
+    """Read what `save_sanity_maps` wrote."""
+    return _load_npz(path, "sanity-check maps", lambda data, extras: SanityMaps(
+        image=data["image"], maps=data["maps"], steps=[str(s) for s in data["steps"]], signed=bool(data["signed"]),
+        label=str(data["label"])))

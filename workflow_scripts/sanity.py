@@ -11,4 +11,4 @@ with log_to(snakemake.log[0]):
            dataset=DatasetRef(**p.dataset), target=p.target, steps=p.steps, device=p.device,
            labels={"experiment": w.experiment, "dataset": w.dataset, "model": w.model, "layer": w.layer,
                    "method": w.method},
-           out=snakemake.output[0])
+           out=snakemake.output.table, maps_out=snakemake.output.maps)

@@ -55,6 +55,11 @@ class Paths:
         return f"results/{experiment}/sanity/{dataset}/{model}/{layer}/{method}.parquet"
 
     @staticmethod
+    def sanity_maps(experiment, dataset, model, layer, method):
+        """One image's maps along the cascade (for the strip figure)."""
+        return f"results/{experiment}/sanity/{dataset}/{model}/{layer}/{method}_maps.npz"
+
+    @staticmethod
     def featvis_shard(experiment, model, layer, method, shard):
         return f"results/{experiment}/featvis/{model}/{layer}/{method}/shard_{shard}.npz"
 

@@ -15,9 +15,10 @@ def sanity_method(label):
     return label, {}
 
 
-def sanity_tables(experiment):
+def sanity_tables(experiment, path=Paths.sanity_table):
+    """Every sanity job's output of the experiment (`path`: its table, or with Paths.sanity_maps its maps)."""
     exp, block = config["experiments"][experiment], sanity_settings(experiment)
-    return [Paths.sanity_table(experiment, exp["dataset"], model, layer, method)
+    return [path(experiment, exp["dataset"], model, layer, method)
             for model, layers in exp["models"].items() for layer in layers for method in block["methods"]]
 
 
@@ -32,7 +33,8 @@ def evaluation_figures(experiment):
     where it has those metrics, and its sanity-check curves where it has a `sanity:` block."""
     return [Paths.figure(experiment, "metrics.png"), Paths.figure(experiment, "comparisons.png")] + (
         [Paths.figure(experiment, "perturbation_curves.png")] if has_curves(experiment) else []) + (
-        [Paths.figure(experiment, "sanity.png")] if sanity_settings(experiment) else [])
+        [Paths.figure(experiment, "sanity.png"), Paths.figure(experiment, "sanity_maps.png")]
+        if sanity_settings(experiment) else [])
 
 
 for _experiment in config["experiments"]:

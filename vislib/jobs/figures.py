@@ -15,14 +15,18 @@ from vislib.errors import DataError
 CURVE_COLUMN = "perturbation_curve"
 
 
-def sanity_figure(*, tables: Sequence[str | os.PathLike], out: str | os.PathLike, title: str) -> pd.DataFrame:
-    """Draw the randomization curves of an experiment's sanity tables; print and return the per-step means."""
+def sanity_figure(*, tables: Sequence[str | os.PathLike], out: str | os.PathLike, title: str,
+                  maps: Sequence[str | os.PathLike] = (), strip_out: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Draw the randomization curves of an experiment's sanity tables, and from its `maps` files the strip of one
+    image's maps along each cascade (`strip_out`); print and return the per-step means."""
     from vislib.figures import sanity_curves
 
     if not tables:
         raise DataError("no sanity-check tables to draw; check the experiment's `sanity:` block")
     curves = pd.concat([pd.read_parquet(f) for f in tables], ignore_index=True)
     sanity_curves(out, curves, title)
+    if strip_out is not None:
+        draw_sanity_strip(maps, strip_out, title)
     means = (curves.groupby(["model", "layer", "method", "statistic", "step", "randomized_to"])["value"]
              .mean().reset_index())
     print(means.to_string(index=False))
@@ -56,3 +60,22 @@ def perturbation_curves(*, metrics: str | os.PathLike, out: str | os.PathLike, t
                         "insertion curve")
     table = pq.read_table(metrics, columns=columns).to_pandas()
     draw_curves(out, table[table[CURVE_COLUMN].notna()], title)
+
+
+def draw_sanity_strip(paths: Sequence[str | os.PathLike], out: str | os.PathLike, title: str) -> None:
+    """The strip of maps along the cascades of the sanity-check maps files `paths`."""
+    import torch
+
+    from vislib.figures import sanity_strip
+    from vislib.io import load_sanity_maps
+    from vislib.methods.postprocess import to_display_maps
+
+    strips = []
+    for path in paths:
+        cascade = load_sanity_maps(path)
+        size = cascade.image.shape[:2]
+        shown = to_display_maps(torch.from_numpy(cascade.maps), (size[0], size[1]), cascade.signed).numpy()
+        strips.append((cascade.label, cascade.image, shown, cascade.steps, cascade.signed))
+    if not strips:
+        raise DataError("no sanity-check maps to draw; check the experiment's `sanity:` block")
+    sanity_strip(out, strips, title)

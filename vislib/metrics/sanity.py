@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,11 +54,13 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def randomization_curve(model: nn.Module, layer: str, method_name: str, method_params: dict,
                         images: torch.Tensor, targets: torch.Tensor, image_ids: list[int],
-                        n_steps: int = 6, seed: int = 0) -> pd.DataFrame:
+                        n_steps: int = 6, seed: int = 0,
+                        on_step: Callable[[CascadeStep, torch.Tensor], None] | None = None) -> pd.DataFrame:
     """Maps of the original model vs cascaded randomized copies: one row per (step, image, statistic).
 
     The statistics are the Spearman correlation of the maps (`spearman`) and of their absolute values
-    (`spearman_abs`); the targets stay fixed so every step explains the same class.
+    (`spearman_abs`); the targets stay fixed so every step explains the same class. `on_step(step, maps)` sees the
+    maps [N,h,w] of every step (step 0: no layer randomized), e.g. to draw them.
     """
     method = methods.get(method_name, **method_params)
     original = method.explain(model, layer, images, targets).maps.detach().double().cpu().numpy()
@@ -76,9 +79,11 @@ def randomization_curve(model: nn.Module, layer: str, method_name: str, method_p
             for name in order[done:count]:
                 modules[name].reset_parameters()
             done = count
-            maps = method.explain(randomized, layer, images, targets).maps.detach().double().cpu().numpy()
-            maps = maps.reshape(len(images), -1)
+            step_maps = method.explain(randomized, layer, images, targets).maps.detach()
+            maps = step_maps.double().cpu().numpy().reshape(len(images), -1)
             step = CascadeStep(index, count, order[count - 1] if count else "")
+            if on_step is not None:
+                on_step(step, step_maps)
             for statistic, values in (("spearman", spearman_rows(original, maps)),
                                       ("spearman_abs", spearman_rows(np.abs(original), np.abs(maps)))):
                 rows += [{"step": step.index, "n_randomized": step.n_randomized, "randomized_to": step.last_module,
