@@ -8,11 +8,13 @@ rule aggregate:
     output:
         metrics=Paths.summary("{experiment}", "metrics.parquet"),
         summary=Paths.summary("{experiment}", "summary.parquet"),
-        summary_md=report(
-            Paths.summary("{experiment}", "summary.md"),
+        summary_md=Paths.summary("{experiment}", "summary.md"),
+        summary_html=report(
+            Paths.summary("{experiment}", "summary.html"),
             caption="../report/summary.rst",
             category="{experiment}",
             subcategory="Metrics",
+            labels={"figure": "summary table: mean, 95% interval, n"},
         ),
         comparisons=Paths.summary("{experiment}", "comparisons.parquet"),
     params:
@@ -42,6 +44,7 @@ rule figure_grid:
             caption="../report/grid.rst",
             category="{experiment}",
             subcategory="Figures",
+            labels={"model": "{model}", "layer": "{layer}", "figure": "maps of every method"},
         ),
     params:
         methods=lambda w: {m: method_spec(config, m) for m in config["experiments"][w.experiment]["methods"]},

@@ -41,6 +41,7 @@ rule featvis_grid:
             caption="../report/featvis.rst",
             category="{experiment}",
             subcategory="Feature visualization",
+            labels={"model": "{model}", "layer": "{layer}", "method": "{method}"},
         ),
     log:
         Paths.log("featvis_grid", FEATVIS_JOB),

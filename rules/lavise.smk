@@ -97,6 +97,7 @@ rule lavise_infer:
             caption="../report/lavise_filters.rst",
             category="{experiment}",
             subcategory="LaViSE",
+            labels={"model": "{model}", "layer": "{layer}", "result": "filters of group {group}"},
         ),
     params:
         filters=lambda w: filter_groups(LAVISE)[int(w.group)],
@@ -129,6 +130,7 @@ rule lavise_recall:
             caption="../report/lavise_recall.rst",
             category="{experiment}",
             subcategory="LaViSE",
+            labels={"model": "{model}", "layer": "{layer}", "result": "recall@k"},
         ),
         words=Paths.lavise("{experiment}", "{model}", "{layer}", "words.parquet"),
     params:

@@ -11,6 +11,7 @@ rule train_model:
             Paths.training_curve("{model}"),
             caption="../report/training.rst",
             category="Models",
+            labels={"model": "{model}", "figure": "training curve"},
         ),
     params:
         arch=lambda w: config["models"][w.model]["arch"],

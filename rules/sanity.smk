@@ -42,12 +42,14 @@ rule sanity_figure:
             caption="../report/sanity.rst",
             category="{experiment}",
             subcategory="Sanity check",
+            labels={"figure": "rank correlation along the cascade"},
         ),
         strip=report(
             Paths.figure("{experiment}", "sanity_maps.png"),
             caption="../report/sanity_maps.rst",
             category="{experiment}",
             subcategory="Sanity check",
+            labels={"figure": "maps along the cascade"},
         ),
     log:
         Paths.log("sanity_figure", "{experiment}"),
@@ -71,6 +73,7 @@ rule metric_bars:
             caption="../report/metric_bars.rst",
             category="{experiment}",
             subcategory="Metrics",
+            labels={"figure": "metric means with 95% intervals"},
         ),
     log:
         Paths.log("metric_bars", "{experiment}"),
@@ -94,6 +97,7 @@ rule comparison_figure:
             caption="../report/comparison_figure.rst",
             category="{experiment}",
             subcategory="Metrics",
+            labels={"figure": "paired method comparisons"},
         ),
     log:
         Paths.log("comparison_figure", "{experiment}"),
@@ -117,6 +121,7 @@ rule perturbation_curves:
             caption="../report/perturbation_curves.rst",
             category="{experiment}",
             subcategory="Metrics",
+            labels={"figure": "deletion and insertion curves"},
         ),
     log:
         Paths.log("perturbation_curves", "{experiment}"),

@@ -92,6 +92,29 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) and value else "–"
 
 
+def summary_html(summary: pd.DataFrame, title: str = "") -> str:
+    """The summary as an HTML page for the report: one row per dataset/model/layer/method/metric, the mean with
+    its interval and count; arrows say whether higher or lower is better."""
+    import html
+
+    rows = []
+    for row in summary.itertuples(index=False):
+        better = getattr(row, "higher_is_better", None)
+        arrow = "" if better is None or pd.isna(better) else (" &uarr;" if better else " &darr;")
+        ci = "&ndash;" if np.isnan(row.ci_low) else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
+        cells = [html.escape(str(v)) for v in (row.dataset, row.model, row.layer, row.method)]
+        cells += [html.escape(str(row.metric)) + arrow, f"{row.mean:.3f}", ci, html.escape(str(row.interval)),
+                  str(row.n), str(row.n_undefined), f"{row.seconds_per_image:.4f}"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in ("dataset", "model", "layer", "method", "metric", "mean", "95% CI",
+                                               "interval", "n", "undefined", "s/image"))
+    style = ("table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "td:nth-child(n+6){text-align:right}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3><table><thead><tr>{header}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></body></html>\n")
+
+
 def comparisons_markdown(comparisons: pd.DataFrame, ranking: pd.DataFrame) -> str:
     """The paired comparisons and the ranking of methods as Markdown tables (a line instead where no family has
     two methods)."""
@@ -133,7 +156,8 @@ def reduce_over_datasets(table: pa.Table) -> pa.Table:
 def write_tables(files: Sequence[str | os.PathLike], metrics_path: str | os.PathLike,
               summary_path: str | os.PathLike, summary_md_path: str | os.PathLike,
               metadata: dict[str, str], title: str = "",
-              comparisons_path: str | os.PathLike | None = None) -> pd.DataFrame:
+              comparisons_path: str | os.PathLike | None = None,
+              summary_html_path: str | os.PathLike | None = None) -> pd.DataFrame:
     """Write metrics.parquet, summary.parquet, comparisons.parquet (where a path is given) and summary.md (the
     summary, then the paired comparisons and the ranking), each atomically, and return the summary."""
     # Imported here: vislib.metrics imports torch (3 s), which the chart jobs importing this module never need.
@@ -153,4 +177,6 @@ def write_tables(files: Sequence[str | os.PathLike], metrics_path: str | os.Path
                       metadata)
     write_text(summary_md_path, summary_markdown(summary, title)
                + comparisons_markdown(comparisons, rank_methods(summary, comparisons)))
+    if summary_html_path is not None:
+        write_text(summary_html_path, summary_html(summary, title))
     return summary

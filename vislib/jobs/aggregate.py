@@ -17,7 +17,8 @@ from vislib.metrics import target_boxes
 from vislib.pipeline import resolve_device
 
 
-def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, comparisons: str,
+def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, summary_html: str,
+              comparisons: str,
               experiment: str, experiment_config: dict[str, Any], device: str) -> None:
     """Aggregate an experiment's metric shards into metrics.parquet, summary.parquet, comparisons.parquet and
     summary.md."""
@@ -25,7 +26,8 @@ def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_m
 
     meta = provenance(experiment_config, str(resolve_device(device)))
     meta["experiment_config"] = json.dumps(experiment_config, sort_keys=True, default=str)
-    write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment, comparisons_path=comparisons)
+    write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment, comparisons_path=comparisons,
+                 summary_html_path=summary_html)
 
 
 def figure_grid(*, heatmaps: list[str], methods: dict[str, tuple[str, dict[str, Any]]], n_images: int,
