@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-VISLIB = Path(__file__).resolve().parent.parent / "vislib"
+VISLIB = Path(__file__).resolve().parents[2] / "vislib"
 
 # Each top-level part of vislib and its layer: a module may import from its own layer or a lower one.
 LAYERS = {

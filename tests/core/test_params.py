@@ -18,7 +18,7 @@ from vislib.data import DATASETS
 from vislib.errors import ConfigError
 from vislib.params import NoParams, describe, param, parse, with_defaults
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """L2-CAF: unit norm, batching and per-row stopping, oracles, intermediate layers, tail split, bad input.
 
-Trained against random weights on the pointing game: tests/test_trained_pointing.py.
+Trained against random weights on the pointing game: tests/methods/test_trained_pointing.py.
 """
 
 from __future__ import annotations
