@@ -1,5 +1,5 @@
-"""Chart jobs of rules/sanity.smk: the sanity-check curves, the metric bars and the paired comparisons (no
-network, no torch)."""
+"""Chart jobs of rules/sanity.smk: the sanity-check curves and map strip, the metric bars, the paired comparisons and
+the deletion/insertion curves. They run no network; only the map strip imports torch (to upsample the maps)."""
 
 from __future__ import annotations
 
