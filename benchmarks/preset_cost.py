@@ -10,7 +10,10 @@ by the preset's counts:
   threshold at 0, so every image runs all `max_iters` iterations (an upper bound: the paper's threshold stops
   many images earlier);
 - LaViSE: one backbone pass per training image (the feature cache), one explainer step per training object
-  and epoch, and one backbone pass per explained image (the filter analysis reads the cache otherwise);
+  and epoch (with the preset's optimizer), one more backbone pass per training image and epoch with `augment`
+  (the original's COCO augmentation recomputes the features every epoch), and one backbone pass per reference
+  image (the reference cache: the explained images, or with `reference: all` the whole dataset; the filter
+  analysis reads the cache otherwise);
 - feature visualisation: each method timed at two small iteration counts and extrapolated linearly to the
   preset's, with `--featvis-units` units scaled to the preset's unit count (class-agnostic clustering runs
   over `--featvis-image-set` random images instead of the preset's image set: one forward pass per image,
@@ -41,7 +44,8 @@ from vislib.data.synthetic import ShapesConfig, generate_shapes
 from vislib.featvis.engine import probe_layer
 from vislib.io import write_text
 from vislib.lavise.model import Explainer
-from vislib.lavise.train import csmr_loss
+from vislib.lavise.settings import lavise_settings
+from vislib.lavise.train import csmr_loss, make_optimizer
 from vislib.methods.hooks import capture_layer
 from vislib.params import defaults as declared_defaults
 
@@ -51,10 +55,12 @@ RESULTS = Path(__file__).parent / "results" / "preset_cost.md"
 IMAGENET_VAL = 50_000
 # Training-set sizes of the LaViSE presets' datasets (public statistics of the datasets).
 LAVISE_TRAIN = {
-    "coco": {"images": 118_287, "objects": 860_001, "words": 80,
-             "source": "COCO 2017 train: 118,287 images, 860,001 instance annotations"},
-    "vg": {"images": 97_000, "objects": 3_400_000, "words": 1_600,
-           "source": "Visual Genome: 108,077 images and 3.8 M objects, 90% in the train split"},
+    "coco": {"images": 118_287, "objects": 860_001, "words": 80, "all_images": 123_287,
+             "source": "COCO 2017 train: 118,287 images, 860,001 instance annotations",
+             "all_source": "`reference: all`: COCO 2017 train + val, 123,287 images"},
+    "vg": {"images": 97_000, "objects": 3_400_000, "words": 1_600, "all_images": 108_077,
+           "source": "Visual Genome: 108,077 images and 3.8 M objects, 90% in the train split",
+           "all_source": "`reference: all`: all of Visual Genome, 108,077 images"},
 }
 
 
@@ -149,7 +155,7 @@ def attribution_rows(preset: dict, experiment: dict, n_images: int, args, root: 
                     note = "all iterations (no early stop)"
                 explain_s, shard = seconds(functools.partial(
                     pipeline.explain_shard, net, layer, method, params, dataset, ids, "predicted",
-                    batch_size=len(ids)), args.repeats)
+                    batch_size=len(ids), top_k=experiment.get("top_k", 1)), args.repeats)
                 evaluate_s, _ = seconds(functools.partial(
                     pipeline.evaluate_shard, shard, dataset, net, metric_specs, {}), args.repeats)
                 explain_s, evaluate_s = explain_s / len(ids) * scale, evaluate_s / len(ids)
@@ -161,7 +167,7 @@ def attribution_rows(preset: dict, experiment: dict, n_images: int, args, root: 
 
 def lavise_rows(preset: dict, experiment: dict, n_images: int, args) -> list[dict]:
     """Feature cache, explainer training and filter analysis of each LaViSE model/layer."""
-    block, rows = preset["lavise"], []
+    block, rows = lavise_settings(preset["lavise"]), []
     dataset_kind = preset["datasets"][experiment["dataset"]]["kind"]
     counts = LAVISE_TRAIN[dataset_kind]
     for model_name, layers in experiment["lavise"]["models"].items():
@@ -173,20 +179,26 @@ def lavise_rows(preset: dict, experiment: dict, n_images: int, args) -> list[dic
             channels = layer_channels(net, layer, size)
             forward_s = seconds(functools.partial(backbone_pass, net, layer, x), args.repeats)[0] / len(x)
             explainer = Explainer(channels, block["embedding_dim"])
-            optimizer = torch.optim.Adam(explainer.parameters(), lr=block["lr"])
+            optimizer = make_optimizer(block["optimizer"], explainer.parameters(), block["lr"])
             items = torch.rand(block["batch_size"], channels)
             targets = torch.rand(block["batch_size"], counts["words"]) < 3 / counts["words"]
             concepts = torch.rand(counts["words"], block["embedding_dim"])
             item_s = seconds(functools.partial(explainer_step, explainer, optimizer, items, targets, concepts),
                              args.repeats)[0] / block["batch_size"]
+            training = f"training ({block['epochs']} epochs, {block['optimizer']})"
             parts = {
-                "feature cache": counts["images"] * forward_s,
-                f"training ({block['epochs']} epochs)": counts["objects"] * block["epochs"] * item_s,
-                "filter analysis": n_images * forward_s,
+                "feature cache": (counts["images"] * forward_s, counts["source"]),
+                training: (counts["objects"] * block["epochs"] * item_s, counts["source"]),
             }
-            for part, total in parts.items():
-                rows.append({"model": model_name, "layer": layer, "part": part, "total": total,
-                             "basis": counts["source"] if part != "filter analysis" else f"{n_images} images"})
+            if block["augment"]:
+                parts[f"augmented backbone passes ({block['epochs']} epochs)"] = (
+                    counts["images"] * block["epochs"] * forward_s, counts["source"] + ", every epoch")
+            if block["reference"] == "all":
+                parts["reference cache"] = (counts["all_images"] * forward_s, counts["all_source"])
+            else:
+                parts["filter analysis"] = (n_images * forward_s, f"{n_images} images")
+            for part, (total, basis) in parts.items():
+                rows.append({"model": model_name, "layer": layer, "part": part, "total": total, "basis": basis})
                 print(rows[-1], flush=True)
     return rows
 

@@ -9,6 +9,8 @@ rule prepare_dataset:
         kind=lambda w: config["datasets"][w.dataset]["kind"],
         params=lambda w: config["datasets"][w.dataset].get("params", {}),
         root=lambda w: Paths.dataset_root(w.dataset),
+        # A user's images are labelled with the classes of the models evaluated on them.
+        model_classes=lambda w: dataset_model_classes(config, w.dataset),
     log:
         Paths.log("prepare_dataset", "{dataset}"),
     benchmark:

@@ -12,6 +12,7 @@ rule evaluate:
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset, w.experiment),
         target=lambda w: experiment_target(w.experiment),
+        batch_size=config["batch_size"],
         device=config["device"],
     log:
         Paths.log("evaluate", SHARD_JOB),

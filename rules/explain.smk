@@ -13,6 +13,7 @@ rule explain:
         model=lambda w: model_spec(w.model),
         dataset=lambda w: dataset_spec(w.dataset, w.experiment),
         target=lambda w: experiment_target(w.experiment),
+        top_k=lambda w: experiment_top_k(w.experiment),
         shard_size=config["shard_size"],
         batch_size=config["batch_size"],
         device=config["device"],

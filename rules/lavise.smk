@@ -1,5 +1,6 @@
-# LaViSE (docs/lavise.md): the seeded word table where asked, the layer's features of the training and the
-# reference images, the explainer, each filter group named with words (+ figure), recall@k against baselines.
+# LaViSE (docs/lavise.md): the seeded word table where asked, VG's reproduction tokens where asked, the layer's
+# features of the training and the reference images, the explainer, each filter group named with words (+ figure),
+# recall@k against baselines.
 
 
 rule lavise_embeddings:
@@ -25,8 +26,34 @@ rule lavise_embeddings:
         "../workflow_scripts/lavise_embeddings.py"
 
 
+rule lavise_vg_concepts:
+    # Only with `concepts: first_token`: VG's raw objects.json tokenised as the reproduction does.
+    input:
+        prepared=lambda w: Paths.prepared(experiment_dataset(w.experiment)),
+        embeddings=lambda w: lavise_embeddings(w.experiment),
+    output:
+        concepts=Paths.lavise_experiment("{experiment}", "vg_concepts.json"),
+        stats=Paths.lavise_experiment("{experiment}", "vg_concepts_stats.json"),
+    params:
+        root=lambda w: Paths.dataset_root(experiment_dataset(w.experiment)),
+        settings=subset(LAVISE, CONCEPT_KEYS),
+    log:
+        Paths.log("lavise_vg_concepts", "{experiment}"),
+    benchmark:
+        Paths.benchmark("lavise_vg_concepts", "{experiment}")
+    resources:
+        # objects.json is about 0.4 GB of JSON, parsed in memory.
+        mem_mb=scaled(16000),
+        runtime=scaled(30),
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/lavise_vg_concepts.py"
+
+
 rule lavise_features:
     input:
+        unpack(lambda w: lavise_vg_concepts_input(w.experiment)),
         prepared=lambda w: Paths.prepared(experiment_dataset(w.experiment)),
         image_list=lambda w: Paths.image_list(experiment_dataset(w.experiment)),
         embeddings=lambda w: lavise_embeddings(w.experiment),
@@ -47,7 +74,8 @@ rule lavise_features:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=scaled(4000),
+        # Per-box VG targets and a reference set of whole datasets hold millions of objects in memory.
+        mem_mb=scaled(LAVISE_MEM_MB),
         runtime=scaled(120),
     conda:
         "../envs/vislib.yaml"
@@ -59,12 +87,15 @@ rule lavise_train:
     input:
         features=Paths.lavise("{experiment}", "{model}", "{layer}", "features"),
         embeddings=lambda w: lavise_embeddings(w.experiment),
+        # With `augment` the backbone runs on augmented training images every epoch.
+        weights=lambda w: weights_input(w.model) if LAVISE["augment"] else [],
     output:
         # An interrupted run leaves explainer.pt.partial beside the output; the rerun resumes from it.
         checkpoint=Paths.lavise("{experiment}", "{model}", "{layer}", "explainer.pt"),
         history=Paths.lavise("{experiment}", "{model}", "{layer}", "training.csv"),
     params:
-        settings=subset(LAVISE, TRAIN_KEYS),
+        settings=train_job_settings(LAVISE),
+        model=lambda w: model_spec(w.model) if LAVISE["augment"] else None,
         device=config["device"],
     log:
         Paths.log("lavise_train", LAVISE_JOB),
@@ -75,7 +106,7 @@ rule lavise_train:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=scaled(4000),
+        mem_mb=scaled(LAVISE_MEM_MB),
         runtime=scaled(120),
     conda:
         "../envs/vislib.yaml"
@@ -111,7 +142,7 @@ rule lavise_infer:
     threads: 1
     resources:
         gpu=GPU,
-        mem_mb=scaled(4000),
+        mem_mb=scaled(LAVISE_MEM_MB),
         runtime=scaled(60),
     conda:
         "../envs/vislib.yaml"

@@ -35,6 +35,7 @@ SLOW_FILES = [
     "test_presets.py",  # ~135: 16 dry runs of the presets, in three tests
     "test_workflow.py",  # ~130: the tiny run, then reruns and a second run
     "test_resume.py",  # ~55: three runs
+    "test_workflow_lavise_original.py",  # ~90: two runs of the LaViSE rules with the original's switches (shapes, VG)
     "test_slurm.py",  # skipped without a SLURM cluster; .ci/run starts one
     "test_trained_pointing.py",  # ~60: trains the demo net
 ]

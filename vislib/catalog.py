@@ -40,7 +40,9 @@ def _metrics() -> list[Entry]:
     from vislib.metrics import METRICS
 
     return [Entry(name, _summary(cls), {"better": "higher" if cls.higher_is_better else "lower",
-                                        "dataset-level": "yes" if cls.reduces_over_dataset else "no"},
+                                        "dataset-level": "yes" if cls.reduces_over_dataset else "no",
+                                        **({"experiment top_k": f">= {cls.needs_top_k}"} if cls.needs_top_k > 1
+                                           else {})},
                   _params(cls.Params))
             for name, cls in ((n, METRICS[n]) for n in METRICS.names())]
 

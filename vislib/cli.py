@@ -9,15 +9,37 @@ from pathlib import Path
 from vislib.errors import VislibError
 
 
+def _model(args: argparse.Namespace, weights: str):
+    """The network the command line names: an architecture, `--factory` or `--torchscript`."""
+    import json
+
+    from vislib import models
+    from vislib.pipeline import resolve_device
+
+    spec = {"arch": args.model, "factory": args.factory, "torchscript": args.torchscript,
+            "factory_args": json.loads(args.factory_args), "weights": weights, "num_classes": args.num_classes,
+            "input_size": args.input_size}
+    return models.load_spec({key: value for key, value in spec.items() if value}, resolve_device(args.device))
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--factory", default=None, help="your network: package.module:function or file.py:function")
+    parser.add_argument("--factory-args", default="{}", help="keyword arguments of --factory, as JSON")
+    parser.add_argument("--torchscript", default=None, help="your network as a TorchScript file")
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--input-size", type=int, default=None, help="side of the square input")
+    parser.add_argument("--device", default="cpu")
+
+
 def _explain(args: argparse.Namespace) -> None:
     import json
 
     from vislib import models
     from vislib.data import open_dataset
     from vislib.io import save_shard
-    from vislib.pipeline import explain_shard, resolve_device, select_images
+    from vislib.pipeline import explain_shard, select_images
 
-    net = models.load(args.model, args.weights, resolve_device(args.device), num_classes=args.num_classes)
+    net = _model(args, args.weights)
     layer = args.layer or models.default_layer_of(net)
     dataset = open_dataset(args.dataset_kind, args.dataset_kind, args.root, args.split)
     ids = select_images(dataset, args.limit)
@@ -42,10 +64,12 @@ def _summarize(args: argparse.Namespace) -> None:
 def _layers(args: argparse.Namespace) -> None:
     from vislib import models
 
-    net = models.load(args.model, "random", num_classes=args.num_classes)
+    net = _model(args, args.weights)
     spatial = set(models.spatial_layer_names(net))
+    default = models.default_layer_of(net)
     for name in models.layer_names(net):
-        print(f"{name}\t{'spatial' if name in spatial else ''}")
+        marks = [mark for mark, on in (("spatial", name in spatial), ("default", name == default)) if on]
+        print(f"{name}\t{' '.join(marks)}")
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -67,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     explain = sub.add_parser("explain", help="run one attribution method over a prepared dataset split")
-    explain.add_argument("--model", required=True)
+    explain.add_argument("--model", default=None, help="architecture: a registered name, any torchvision "
+                                                       "classification model or timm:<name>")
     explain.add_argument("--weights", default="random", help="'random', a pretrained name or a checkpoint path")
-    explain.add_argument("--num-classes", type=int, default=None)
+    _add_model_arguments(explain)
     explain.add_argument("--layer", default=None, help="dotted layer name (default: the model's last conv)")
     explain.add_argument("--method", required=True)
     explain.add_argument("--params", default="{}", help="method parameters as JSON")
@@ -79,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--limit", type=int, default=None)
     explain.add_argument("--target", default="label", choices=["label", "predicted"])
     explain.add_argument("--batch-size", type=int, default=32)
-    explain.add_argument("--device", default="cpu")
     explain.add_argument("--out", required=True, help="heatmap shard to write (.npz)")
     explain.set_defaults(func=_explain)
 
@@ -87,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("experiment_dir")
     summarize.set_defaults(func=_summarize)
 
-    layers = sub.add_parser("layers", help="list the layer names of a model")
-    layers.add_argument("model")
-    layers.add_argument("--num-classes", type=int, default=None)
+    layers = sub.add_parser("layers", help="list the layer names of a model: which have a spatial output, which is "
+                                           "the default")
+    layers.add_argument("model", nargs="?", default=None, help="architecture (or use --factory / --torchscript)")
+    layers.add_argument("--weights", default="random", help="'random', a pretrained name or a checkpoint path")
+    _add_model_arguments(layers)
     layers.set_defaults(func=_layers)
 
     listing = sub.add_parser("list", help="list the registered methods, metrics, featvis methods, models or dataset "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vislib import featvis, methods, metrics, models
-from vislib.data import DATASETS
+from vislib.data import DATASETS, ModelClasses, SourceClasses
 from vislib.errors import ConfigError, VislibError
 from vislib.featvis.engine import probe_layer
 from vislib.featvis.units import CLASS_LAYER, unit_indices, unit_source
@@ -89,26 +90,50 @@ def lavise_jobs(config: dict, experiment: str) -> list[tuple[str, str]]:
     return [(model, layer) for model, layers in block["models"].items() for layer in layers] if block else []
 
 
-@functools.cache
-def _random_model(arch: str, num_classes: int | None) -> torch.nn.Module:
-    return models.load(arch, "random", num_classes=num_classes)
+def probe_entry(entry: dict[str, Any]) -> str:
+    """The model the config check builds for a `models:` entry, as a cache key: pretrained names become random
+    weights (the check needs no download), a user's checkpoint stays (so a file that does not fit fails now)."""
+    spec = {key: value for key, value in entry.items() if key != "train"}
+    weights = spec.get("weights", "random")
+    if "train" in entry or not models.registry.is_checkpoint_path(weights):
+        spec.pop("weights", None)
+    return json.dumps(spec, sort_keys=True)
 
 
 @functools.cache
-def _layers_of(arch: str, num_classes: int | None) -> tuple[str, ...]:
-    return tuple(models.layer_names(_random_model(arch, num_classes)))
+def _probe_model(spec_json: str) -> torch.nn.Module:
+    return models.load_spec(json.loads(spec_json))
+
+
+def configured_model(config: dict, model: str) -> torch.nn.Module:
+    """The network of `models.<model>` as the config check sees it (`probe_entry`), built once per entry."""
+    try:
+        return _probe_model(probe_entry(config["models"][model]))
+    except VislibError as exc:
+        raise ConfigError(f"models.{model}: {exc}") from None
 
 
 @functools.cache
-def _output_shape(arch: str, num_classes: int | None, layer: str | None) -> tuple[int, ...]:
+def _layers_of(spec_json: str) -> tuple[str, ...]:
+    return tuple(models.layer_names(_probe_model(spec_json)))
+
+
+@functools.cache
+def _output_shape(spec_json: str, layer: str | None) -> tuple[int, ...]:
     """Shape of `layer`'s output (the logits for None) on one image of the model's input size."""
-    model = _random_model(arch, num_classes)
+    model = _probe_model(spec_json)
     size = models.preprocessing_of(model).input_size
     sample = torch.zeros(1, 3, size, size)
     if layer is None:
         with torch.no_grad():
             return tuple(model(sample).shape)
     return probe_layer(model, layer, sample)[0]
+
+
+def output_shape(config: dict, model: str, layer: str | None) -> tuple[int, ...]:
+    """Shape of `layer`'s output of `models.<model>` (its logits for None) on one image."""
+    configured_model(config, model)
+    return _output_shape(probe_entry(config["models"][model]), layer)
 
 
 def _known(kind: str, name: str, valid: list[str], where: str) -> None:
@@ -127,19 +152,24 @@ def _check_labels(kind: str, section: str, specs: dict[str, tuple[str, dict[str,
             raise ConfigError(f"{section}.{label}: {exc}") from None
 
 
-def _checked_layers(config: dict, models_block: dict[str, list[str]],
-                    where: str) -> list[tuple[str, str, int | None, str]]:
-    """(model, arch, num_classes, layer) of every layer an experiment block names, after checking each exists."""
+def _checked_layers(config: dict, models_block: dict[str, list[str]], where: str) -> list[tuple[str, str]]:
+    """(model, layer) of every layer an experiment block names, after checking each exists."""
     checked = []
     for model, layers in models_block.items():
         _known("model", model, list(config["models"]), f"{where}.models (configured under `models:`)")
-        spec = config["models"][model]
-        arch, num_classes = spec["arch"], spec.get("num_classes")
-        valid_layers = list(_layers_of(arch, num_classes))
+        net = configured_model(config, model)
+        valid_layers = list(_layers_of(probe_entry(config["models"][model])))
         for layer in layers:
-            _known(f"layer of {arch}", layer, valid_layers, f"{where}.models.{model}")
-            checked.append((model, arch, num_classes, layer))
+            _known(f"layer of {net.vislib_name}", layer, valid_layers, f"{where}.models.{model}")
+            checked.append((model, layer))
     return checked
+
+
+def _needs_hooks(where: str, model: str, net: torch.nn.Module, what: str) -> None:
+    if models.is_torchscript(net):
+        raise ConfigError(f"{where}: {what} reads or changes layers of the model, and {model!r} is a TorchScript "
+                          "model, whose compiled graph runs no hooks. Use methods on the input (vanilla_gradient, "
+                          "integrated_gradients, smoothgrad of those) or give the Python model with `factory:`")
 
 
 def check_keys(config: Any, schema: dict[str, Any], where: str = "config") -> None:
@@ -173,9 +203,12 @@ def check_config(config: dict) -> None:
         except VislibError as exc:
             raise ConfigError(f"datasets.{name}.params: {exc}") from None
     for name, spec in config["models"].items():
-        _known("model", spec["arch"], models.MODELS.names(), f"models.{name}.arch")
         if "train" in spec:
+            if "arch" not in spec:
+                raise ConfigError(f"models.{name}.train: vislib trains `arch:` models only; train your own network "
+                                  "yourself and give its checkpoint as `weights:`")
             _known("dataset", spec["train"]["dataset"], list(config["datasets"]), f"models.{name}.train.dataset")
+        configured_model(config, name)
     _check_labels("method", "methods", {label: method_spec(config, label) for label in config["methods"]},
                   methods.METHODS, methods.get)
     _check_labels("metric", "metrics", {label: metric_spec(config, label) for label in config["metrics"]},
@@ -187,9 +220,41 @@ def check_config(config: dict) -> None:
             _known("method", method, list(config["methods"]), f"{where}.methods (configured under `methods:`)")
         for metric in exp["metrics"]:
             _known("metric", metric, list(config["metrics"]), f"{where}.metrics (configured under `metrics:`)")
-        _checked_layers(config, exp["models"], where)
+        _check_metric_needs(config, exp, where)
+        for model, _layer in _checked_layers(config, exp["models"], where):
+            net = configured_model(config, model)
+            for method in exp["methods"]:
+                name, params = method_spec(config, method)
+                if not methods.get(name, **params).runs_on_torchscript():
+                    _needs_hooks(where, model, net, f"method {method!r}")
+    _check_user_images(config)
     _check_featvis(config)
     _check_lavise(config)
+
+
+def _check_metric_needs(config: dict, exp: dict, where: str) -> None:
+    """An experiment's metrics get what they read: the model's top classes (`top_k` at least each metric's
+    `needs_top_k`, at most each model's class count), and one label per registry name (the metrics table keys its
+    rows by the registry name, so a second label of the same metric would silently replace the first)."""
+    top_k = exp.get("top_k", 1)
+    labels: dict[str, str] = {}
+    for label in exp["metrics"]:
+        name = metric_spec(config, label)[0]
+        if name in labels:
+            raise ConfigError(f"{where}.metrics: {labels[name]!r} and {label!r} are both metric {name!r}; metric rows "
+                              "are keyed by the registry name, so list one of them here (the other in a second "
+                              "experiment)")
+        labels[name] = label
+        needed = metrics.METRICS[name].needs_top_k
+        if needed > top_k:
+            raise ConfigError(f"{where}.metrics: {label!r} ({name}) needs the model's {needed} top classes recorded "
+                              f"with the maps; add `top_k: {needed}` to {where} (its explain jobs then record "
+                              f"them, and the label's map where it is among them)")
+    if top_k > 1:
+        for model in exp["models"]:
+            classes = output_shape(config, model, None)[-1]
+            if top_k > classes:
+                raise ConfigError(f"{where}.top_k: {top_k} is more than the {classes} classes of model {model!r}")
 
 
 def _check_units(wanted: list[int], count: int, where: str, what: str) -> None:
@@ -211,15 +276,15 @@ def _check_featvis(config: dict) -> None:
         for label in block["methods"]:
             _known("featvis method", label, labels, f"{where}.methods (configured under `featvis:`)")
         sources = {unit_source(featvis_spec(config, label)[0]) for label in block["methods"]}
-        for model, arch, num_classes, layer in _checked_layers(config, block["models"], where):
+        for model, layer in _checked_layers(config, block["models"], where):
+            _needs_hooks(where, model, configured_model(config, model), "feature visualization")
             if "channels" in sources and "channels" in block:
-                shape = _output_shape(arch, num_classes, layer)
+                shape = output_shape(config, model, layer)
                 _check_units(unit_indices(block["channels"]), shape[1], f"{where}.channels ({model} {layer})",
                              "channels")
         if "classes" in sources and "classes" in block:
             for model in block["models"]:
-                spec = config["models"][model]
-                n_classes = _output_shape(spec["arch"], spec.get("num_classes"), None)[1]
+                n_classes = output_shape(config, model, None)[1]
                 _check_units(unit_indices(block["classes"]), n_classes, f"{where}.classes ({model})", "classes")
 
 
@@ -232,9 +297,76 @@ def _check_lavise(config: dict) -> None:
     check_settings(settings)
     for exp_name, block in blocks.items():
         where = f"experiments.{exp_name}.lavise"
-        for model, arch, num_classes, layer in _checked_layers(config, block["models"], where):
-            shape = _output_shape(arch, num_classes, layer)
+        dataset = config["experiments"][exp_name]["dataset"]
+        kind = config["datasets"][dataset]["kind"]
+        if settings["concepts"] == "first_token" and kind != "vg":
+            raise ConfigError(f"lavise.concepts: 'first_token' reads Visual Genome synsets, but experiment "
+                              f"{exp_name!r} uses dataset {dataset!r} of kind {kind!r}; use 'words' for it")
+        for model, layer in _checked_layers(config, block["models"], where):
+            _needs_hooks(where, model, configured_model(config, model), "LaViSE")
+            shape = output_shape(config, model, layer)
             if len(shape) != 4:
                 raise ConfigError(f"{where}.models.{model}: layer {layer!r} outputs shape {shape}, which has no "
                                   "spatial maps; LaViSE needs a convolutional layer")
             _check_units(filter_list(settings), shape[1], f"lavise.filters ({model} {layer})", "filters")
+
+
+def dataset_models(config: dict, dataset: str) -> list[str]:
+    """The models whose classes label a dataset of a user's images: every model an experiment evaluates on it,
+    except those the workflow trains (a model trained on the dataset takes the dataset's classes)."""
+    served: list[str] = []
+    for exp in config["experiments"].values():
+        if exp["dataset"] == dataset:
+            served += [m for m in exp["models"] if m not in served and "train" not in config["models"][m]]
+    return served
+
+
+def model_classes(config: dict, model: str) -> ModelClasses:
+    """How many classes `models.<model>` outputs and their names, where it carries them."""
+    names = getattr(configured_model(config, model), "vislib_class_names", [])
+    return ModelClasses(model, output_shape(config, model, None)[1], tuple(names))
+
+
+def dataset_model_classes(config: dict, dataset: str) -> dict[str, Any] | None:
+    """The classes that label a dataset of a user's images, as the prepare job takes them (the fields of a
+    `ModelClasses`): those of the first model it serves that carries class names, else of the first model; None
+    for other dataset kinds and for a dataset no such model uses (it keeps its own classes)."""
+    if DATASETS[config["datasets"][dataset]["kind"]].source_classes is None:
+        return None
+    served = [model_classes(config, model) for model in dataset_models(config, dataset)]
+    if not served:
+        return None
+    chosen = next((classes for classes in served if classes.names), served[0])
+    return {"model": chosen.model, "count": chosen.count, "names": list(chosen.names)}
+
+
+def _check_user_images(config: dict) -> None:
+    """A dataset of a user's images exists, has images, makes the configured split, and maps every class onto a
+    class of each model an experiment evaluates on it, the same way for all of them (a dataset has one label per
+    image)."""
+    for name, spec in config["datasets"].items():
+        kind = DATASETS[spec["kind"]]
+        if kind.source_classes is None:
+            continue
+        where = f"datasets.{name}"
+        params = kind.parse_params(spec["kind"], spec.get("params"))
+        found: dict[str | None, SourceClasses] = {}
+        served: list[ModelClasses | None] = [model_classes(config, m) for m in dataset_models(config, name)]
+        for classes in served or [None]:
+            try:
+                found[classes.model if classes else None] = kind.source_classes(params, classes)
+            except VislibError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        (first_model, first), *others = found.items()
+        split = spec.get("split", "val")
+        if split not in first.splits:
+            raise ConfigError(f"{where}.split is {split!r}, but its params make split(s) {', '.join(first.splits)}; "
+                              "set `split` to one of them (or the kind's split parameter to it)")
+        for model, mapped in others:
+            differing = [key for key in {**first.labels, **mapped.labels}
+                         if mapped.labels.get(key) != first.labels.get(key)]
+            if differing:
+                key = differing[0]
+                raise ConfigError(f"{where}: {key!r} is class {first.labels.get(key)} of model {first_model!r} but "
+                                  f"{mapped.labels.get(key)} of model {model!r}, and a dataset has one label per "
+                                  "image; give each model its own dataset entry (same params) and experiment")

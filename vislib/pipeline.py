@@ -13,9 +13,10 @@ import pyarrow as pa
 import torch
 
 from vislib import devices, methods, metrics, models
-from vislib.data.dataset import CocoFormatDataset
+from vislib.data.dataset import Batch, CocoFormatDataset, Sample
 from vislib.errors import ConfigError
 from vislib.io import HeatmapShard
+from vislib.methods.base import fast_layout
 from vislib.runlog import Progress
 
 log = logging.getLogger(__name__)
@@ -63,24 +64,31 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
-    """Load a model described by the workflow's model spec (arch, weights, num_classes)."""
-    return models.load(spec["arch"], spec["weights"], resolve_device(device), num_classes=spec.get("num_classes"))
+    """Load a model described by the workflow's model spec (a `models:` entry with its weights resolved)."""
+    return models.load_spec(spec, resolve_device(device))
 
 
 def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_params: dict[str, Any],
                   dataset: CocoFormatDataset, image_ids: Sequence[int], target_mode: str = "label",
-                  batch_size: int = 32) -> HeatmapShard:
-    """Run one attribution method over a shard of images, in batches; undecodable images are recorded."""
+                  batch_size: int = 32, top_k: int = 1, read_ahead: int = 1) -> HeatmapShard:
+    """Run one attribution method over a shard of images, in batches; undecodable images are recorded. The next
+    `read_ahead` batches are read while the method works on this one (`CocoFormatDataset.batches`).
+
+    With `top_k` > 1 the shard also records the model's `top_k` classes of each image (extra `topk`, [N,k]) and,
+    under `target_mode` predicted, the map of each image's label where the label is one of those classes but not
+    the explained one (extra `label_maps`, [N,h,w], NaN rows elsewhere): top-k localization needs no other map,
+    since only the label's own map can localize it. `seconds` times the explained maps only.
+    """
     if target_mode not in TARGET_MODES:
         raise ConfigError(f"target mode {target_mode!r} is not one of {TARGET_MODES}")
     method = methods.get(method_name, **method_params)
     device = next(model.parameters()).device
     maps, ids, targets, predicted, failures = [], [], [], [], {}
     extras: dict[str, list[np.ndarray]] = {}
+    recorded: dict[str, list[np.ndarray]] = {}
     seconds = 0.0
     progress = Progress(len(image_ids), f"explain {method_name}")
-    for start in range(0, len(image_ids), batch_size):
-        batch = dataset.load_batch(list(image_ids[start:start + batch_size]), models.preprocessing_of(model))
+    for batch in dataset.batches(image_ids, batch_size, models.preprocessing_of(model), read_ahead=read_ahead):
         progress.update(len(batch.samples) + len(batch.failures))
         failures.update(batch.failures)
         if not batch.samples:
@@ -100,6 +108,10 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
         predicted.append(result.predicted.cpu().numpy())
         for key, value in result.extras.items():
             extras.setdefault(key, []).append(torch.as_tensor(value).cpu().numpy())
+        if top_k > 1:
+            for name, array in _top_k_extras(model, layer, method, images, batch.labels.to(device), result, top_k,
+                                             target_mode).items():
+                recorded.setdefault(name, []).append(array)
     if failures:
         log.warning("%d image(s) failed to decode: %s", len(failures), "; ".join(failures.values()))
     return HeatmapShard(
@@ -110,50 +122,113 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
         seconds=seconds,
         failed_ids=np.array(sorted(failures), np.int64),
         failed_reasons=[failures[i] for i in sorted(failures)],
-        extras={k: np.concatenate(v) for k, v in extras.items()},
+        extras={k: np.concatenate(v) for k, v in {**extras, **recorded}.items()},
     )
 
 
+TOPK_EXTRA = "topk"
+"""Heatmap-shard extra: int64 [N,k] the model's k top classes of each image, best first (experiment `top_k`)."""
+LABEL_MAPS_EXTRA = "label_maps"
+"""Heatmap-shard extra: float16 [N,h,w] each image's map of its label class where it is among the top k but not
+the explained target; NaN rows elsewhere."""
+
+
+def _top_k_extras(model: torch.nn.Module, layer: str, method: methods.AttributionMethod, images: torch.Tensor,
+                  labels: torch.Tensor, result: methods.Attribution, top_k: int,
+                  target_mode: str) -> dict[str, np.ndarray]:
+    """The top-k classes of a batch and, under target mode `predicted`, the label maps top-k localization needs."""
+    with torch.no_grad():
+        top = model(fast_layout(images)).topk(top_k, dim=1).indices
+    out = {TOPK_EXTRA: top.cpu().numpy().astype(np.int64)}
+    if target_mode == "label":
+        return out  # the explained maps are the labels' maps
+    label_rows = np.full((len(images), *result.maps.shape[1:]), np.nan, np.float16)
+    need = (result.targets.to(labels.device) != labels) & (top == labels[:, None]).any(1)
+    if need.any():
+        rows = need.nonzero()[:, 0]
+        made = method.explain(model, layer, images[rows], labels[rows])
+        label_rows[rows.cpu().numpy()] = made.maps.detach().float().cpu().numpy()
+    out[LABEL_MAPS_EXTRA] = label_rows
+    return out
+
+
 def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch.nn.Module,
-                   metric_specs: dict[str, dict[str, Any]], labels: dict[str, Any]) -> pa.Table:
-    """Score a heatmap shard with each metric: one row per (image, metric), failures as NaN with a reason."""
+                   metric_specs: dict[str, dict[str, Any]], labels: dict[str, Any], batch_size: int = 32,
+                   read_ahead: int = 1) -> pa.Table:
+    """Score a heatmap shard with each metric: one row per (image, metric), failures as NaN with a reason.
+
+    Images are scored `batch_size` at a time while the next `read_ahead` batches are read; each metric joins its
+    batches' results (`Metric.join_batches`), so the rows do not depend on the batch size.
+    """
     preprocessing = models.preprocessing_of(model)
     size = preprocessing.input_size
     metric_objects = {name: metrics.get(name, **params) for name, params in metric_specs.items()}
     n_ok = len(shard.image_ids)
     seconds_per_image = shard.seconds / n_ok if n_ok else float("nan")
-    rows: list[dict[str, Any]] = []
     common = {**labels, "resize": dataset.resize, "image_size": size, "seconds_per_image": seconds_per_image}
-    if n_ok:
-        batch = dataset.load_batch([int(i) for i in shard.image_ids], preprocessing)
+    device = next(model.parameters()).device
+    shard_image_ids = [int(i) for i in shard.image_ids]
+    keep: list[int] = []  # shard positions of the images that decoded, in order
+    samples: list[Sample] = []
+    parts: dict[str, list[metrics.MetricResult]] = {name: [] for name in metric_objects}
+    progress = Progress(n_ok, "evaluate")
+    batches = dataset.batches(shard_image_ids, batch_size, preprocessing, read_ahead=read_ahead)
+    for first, batch in zip(range(0, n_ok, batch_size), batches, strict=True):
         decoded = {s.image_id for s in batch.samples}
-        keep = [i for i, image_id in enumerate(shard.image_ids) if int(image_id) in decoded]
-        device = next(model.parameters()).device
-        image_maps = methods.to_image_maps(torch.from_numpy(shard.maps[keep].astype(np.float32)), (size, size))
-        # Normalising would turn a map with NaN into a constant one; keep it NaN so metrics record why.
-        broken = ~np.isfinite(shard.maps[keep].astype(np.float32)).reshape(len(keep), -1).all(1)
-        image_maps[torch.from_numpy(broken)] = float("nan")
-        metric_input = metrics.MetricInput(image_maps.to(device), batch.images.to(device),
-                                           torch.from_numpy(shard.targets[keep]).to(device), batch.samples, model,
-                                           torch.from_numpy(shard.predicted[keep]).to(device))
-        # Under a cropping protocol, how many objects of each image the crop cut off (they are not scored against).
-        cut_off = ([{"boxes_outside_crop": s.outside_crop} for s in batch.samples] if dataset.resize != "stretch"
-                   else [{} for _ in batch.samples])
-        progress = Progress(len(metric_objects) * len(keep), "evaluate")
-        for name, metric in metric_objects.items():
-            result = metric(metric_input)
-            progress.update(len(keep))
-            settings = metric.settings(size)
-            for j, i in enumerate(keep):
-                rows.append({**common, **settings, **cut_off[j], "image_id": int(shard.image_ids[i]),
-                             "target": int(shard.targets[i]), "predicted": int(shard.predicted[i]),
-                             "metric": name, "value": float(result.values[j]), "reason": result.reasons[j],
-                             **{key: array[j].tolist() for key, array in result.per_image.items()}})
-        for i in sorted(set(range(n_ok)) - set(keep)):
-            rows.extend(_failed_rows(common, int(shard.image_ids[i]), metric_objects, "image failed to decode"))
+        batch_keep = [i for i in range(first, min(first + batch_size, n_ok)) if shard_image_ids[i] in decoded]
+        if batch_keep:
+            for name, result in _score_batch(batch, shard, batch_keep, size, device, model, metric_objects).items():
+                parts[name].append(result)
+            keep.extend(batch_keep)
+            samples.extend(batch.samples)
+        progress.update(len(batch.samples) + len(batch.failures))
+    # Under a cropping protocol, how many objects of each image the crop cut off (they are not scored against).
+    cut_off = ([{"boxes_outside_crop": s.outside_crop} for s in samples] if dataset.resize != "stretch"
+               else [{} for _ in samples])
+    rows: list[dict[str, Any]] = []
+    for name, metric in metric_objects.items():
+        if not parts[name]:
+            continue  # no image of the shard decoded
+        result = metric.join_batches(parts[name])
+        settings = metric.settings(size)
+        for j, i in enumerate(keep):
+            rows.append({**common, **settings, **cut_off[j], "image_id": shard_image_ids[i],
+                         "target": int(shard.targets[i]), "predicted": int(shard.predicted[i]),
+                         "metric": name, "value": float(result.values[j]), "reason": result.reasons[j],
+                         **{key: array[j].tolist() for key, array in result.per_image.items()}})
+    for i in sorted(set(range(n_ok)) - set(keep)):
+        rows.extend(_failed_rows(common, shard_image_ids[i], metric_objects, "image failed to decode"))
     for image_id, reason in zip(shard.failed_ids, shard.failed_reasons, strict=True):
         rows.extend(_failed_rows(common, int(image_id), metric_objects, reason))
     return rows_to_table(rows)
+
+
+def _score_batch(batch: Batch, shard: HeatmapShard, keep: list[int], size: int, device: torch.device,
+                 model: torch.nn.Module, metric_objects: dict[str, metrics.Metric]) -> dict[str, metrics.MetricResult]:
+    """Each metric's result on the decoded images of one batch, at shard positions `keep`."""
+    raw = shard.maps[keep].astype(np.float32)
+    image_maps = methods.to_image_maps(torch.from_numpy(raw), (size, size))
+    # Normalising would turn a map with NaN into a constant one; keep it NaN so metrics record why.
+    image_maps[torch.from_numpy(~np.isfinite(raw).reshape(len(keep), -1).all(1))] = float("nan")
+    metric_input = metrics.MetricInput(image_maps.to(device), batch.images.to(device),
+                                       torch.from_numpy(shard.targets[keep]).to(device), batch.samples, model,
+                                       torch.from_numpy(shard.predicted[keep]).to(device))
+    _add_top_k(metric_input, shard, keep, size, metric_objects.values())
+    return {name: metric(metric_input) for name, metric in metric_objects.items()}
+
+
+def _add_top_k(metric_input: metrics.MetricInput, shard: HeatmapShard, keep: list[int], size: int,
+               metric_objects) -> None:
+    """Give the metrics that read the model's top classes (`needs_top_k`) the shard's top-k classes and label maps;
+    the label maps stay on the CPU (only box metrics read them)."""
+    if TOPK_EXTRA not in shard.extras or not any(m.needs_top_k > 1 for m in metric_objects):
+        return
+    metric_input.topk = torch.from_numpy(shard.extras[TOPK_EXTRA][keep].astype(np.int64))
+    if LABEL_MAPS_EXTRA in shard.extras:
+        raw = shard.extras[LABEL_MAPS_EXTRA][keep].astype(np.float32)
+        label_maps = methods.to_image_maps(torch.from_numpy(raw), (size, size))
+        label_maps[torch.from_numpy(~np.isfinite(raw).reshape(len(keep), -1).all(1))] = float("nan")
+        metric_input.label_maps = label_maps
 
 
 def _failed_rows(common: dict, image_id: int, metric_objects: dict, reason: str) -> list[dict]:

@@ -9,4 +9,5 @@ with log_to(snakemake.log[0]):
     p = snakemake.params
     lavise_features(model=p.model, layer=snakemake.wildcards.layer, dataset=DatasetRef(**p.dataset),
                     settings=p.settings, image_list=snakemake.input.image_list, embeddings=snakemake.input.embeddings,
-                    device=p.device, out_dir=snakemake.output[0])
+                    device=p.device, out_dir=snakemake.output[0],
+                    vg_concepts=snakemake.input.get("vg_concepts"))

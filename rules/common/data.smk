@@ -1,4 +1,5 @@
 # Helpers of rules/data.smk (functions and settings; Snakemake's linter keeps them apart from rules).
+from vislib.config import dataset_model_classes
 from vislib.models.torchvision_models import cached_weights, weights_cache_dir, weights_url
 
 # (mem_mb, runtime in minutes) of the prepare job of real datasets: downloads, extraction, JSON parsing.
@@ -13,5 +14,5 @@ def prepare_resources(dataset):
 
 def pretrained_weights():
     """{file name: url} of the configured torchvision weights that no local cache holds yet."""
-    urls = [weights_url(s["arch"], s.get("weights")) for s in config["models"].values() if "train" not in s]
+    urls = [weights_url(s.get("arch"), s.get("weights")) for s in config["models"].values() if "train" not in s]
     return {os.path.basename(u): u for u in urls if u and cached_weights(u) is None}

@@ -1,9 +1,20 @@
 # Helpers of rules/lavise.smk (functions and settings; Snakemake's linter keeps them apart from rules).
 from vislib.config import lavise_jobs
-from vislib.lavise.settings import (FEATURE_KEYS, INFER_KEYS, RECALL_KEYS, SEEDED, TRAIN_KEYS, filter_groups,
-                                    group_count, lavise_settings, subset)
+from vislib.lavise.settings import (CONCEPT_KEYS, FEATURE_KEYS, INFER_KEYS, RECALL_KEYS, SEEDED, filter_groups,
+                                    group_count, lavise_settings, subset, train_job_settings)
 
 LAVISE = lavise_settings(config.get("lavise"))
+# Whole-dataset target sets (per-box VG items, `reference: all`, the training targets `augment` reads) hold
+# millions of objects in memory: the feature, training and inference jobs then ask for more.
+LAVISE_MEM_MB = 16000 if (LAVISE["concepts"] == "first_token" or LAVISE["reference"] == "all"
+                          or LAVISE["augment"]) else 4000
+
+
+def lavise_vg_concepts_input(experiment):
+    """The reproduction's VG tokens where `concepts: first_token` asks for them (a named input), else nothing."""
+    if LAVISE["concepts"] == "first_token":
+        return {"vg_concepts": Paths.lavise_experiment(experiment, "vg_concepts.json")}
+    return {}
 
 
 def lavise_embeddings(experiment):

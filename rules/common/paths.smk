@@ -72,6 +72,11 @@ class Paths:
         return f"results/embeddings/{dataset}.txt"
 
     @staticmethod
+    def lavise_experiment(experiment, name):
+        """A LaViSE output shared by an experiment's models: vg_concepts.json (`concepts: first_token`)."""
+        return f"results/{experiment}/lavise/{name}"
+
+    @staticmethod
     def lavise(experiment, model, layer, name):
         """A LaViSE output of one model/layer: features/, explainer.pt, training.csv, recall.*, words.parquet."""
         return f"results/{experiment}/lavise/{model}/{layer}/{name}"

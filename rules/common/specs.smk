@@ -1,17 +1,21 @@
 # What rules hand to jobs (model and dataset specs) and the input functions that read the checkpointed image lists.
 from vislib.config import experiment_jobs, metric_spec, method_spec, model_weights
+from vislib.models import ModelSpec
 
 
 def weights_input(model):
-    """The checkpoint file a trained model needs (nothing for pretrained or random weights)."""
-    return [Paths.checkpoint(model)] if "train" in config["models"][model] else []
+    """The files a model is built from: a trained model's checkpoint, a user's checkpoint, factory file or
+    TorchScript file (nothing for pretrained or random weights of a named architecture)."""
+    entry = config["models"][model]
+    if "train" in entry:
+        return [Paths.checkpoint(model)]
+    return ModelSpec.from_config(entry).files()
 
 
 def model_spec(model):
-    """What determines a model's weights: the config entry, resolved to a weights string."""
-    spec = dict(config["models"][model])
-    return {"arch": spec["arch"], "weights": model_weights(config, model, Paths.checkpoint(model)),
-            "num_classes": spec.get("num_classes")}
+    """What determines a model: its config entry, with the weights resolved (a trained model's checkpoint)."""
+    spec = {key: value for key, value in config["models"][model].items() if key != "train"}
+    return {**spec, "weights": model_weights(config, model, Paths.checkpoint(model))}
 
 
 def dataset_spec(dataset, experiment=None):
@@ -30,6 +34,11 @@ def experiment_dataset(experiment):
 def experiment_target(experiment):
     """Which class an experiment explains: the image label or the predicted class."""
     return config["experiments"][experiment].get("target", "label")
+
+
+def experiment_top_k(experiment):
+    """How many of the model's top classes an experiment's heatmap shards record (top-k localization)."""
+    return config["experiments"][experiment].get("top_k", 1)
 
 
 def listed_images(dataset):

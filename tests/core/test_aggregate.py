@@ -44,8 +44,11 @@ def _shard_with_bad_maps(dataset: CocoFormatDataset) -> HeatmapShard:
     targets = np.array([dataset.record(int(i)).label for i in ids], np.int64)
     # A valid class without any box in the image.
     targets[2] = min(set(range(6)) - set(dataset.record(int(ids[2])).box_labels.tolist()))
+    # The model's top-5 classes (top-5 localization): the explained class first, the others in order.
+    topk = np.array([[t, *[c for c in range(6) if c != t][:4]] for t in targets], np.int64)
     return HeatmapShard(maps=maps, image_ids=ids, targets=targets, predicted=targets.copy(), seconds=0.4,
-                        failed_ids=np.array([10_000], np.int64), failed_reasons=["image failed to decode"])
+                        failed_ids=np.array([10_000], np.int64), failed_reasons=["image failed to decode"],
+                        extras={"topk": topk})
 
 
 def test_bad_input_becomes_nan_rows_with_reasons_and_aggregation_goes_on(shapes_root, tmp_path):
@@ -60,8 +63,10 @@ def test_bad_input_becomes_nan_rows_with_reasons_and_aggregation_goes_on(shapes_
     assert by_image.loc[ids[0]]["value"].notna().all()
     assert by_image.loc[ids[1]]["value"].isna().all()
     assert (by_image.loc[ids[1]]["reason"] == "map contains NaN or inf").all()
-    box_metrics = ["pointing_game", "loc_error_gt_known", "loc_error_top1", "maxboxacc"]
+    box_metrics = ["pointing_game", "loc_error_gt_known", "loc_error_gt_known_cam_code", "maxboxacc"]
     assert by_image.loc[ids[2]].loc[box_metrics, "reason"].str.contains("no ground-truth box").all()
+    # Top-1 localization counts a predicted class that is not the label as an error, box or no box.
+    assert (by_image.loc[ids[2]].loc[["loc_error_top1", "loc_error_top1_cam_code"], "value"] == 1.0).all()
     assert by_image.loc[10_000]["value"].isna().all()
     shard_path = tmp_path / "shard.parquet"
     write_parquet(shard_path, rows_to_table(table.to_dict("records")))

@@ -21,7 +21,8 @@ LAYERS = {
 }
 # Dataset kinds' own modules: a dataset's constants belong to it, not to LaViSE or anything else above data.
 DATASET_KIND_MODULES = {"vislib.data.synthetic", "vislib.data.coco", "vislib.data.vg", "vislib.data.imagenet",
-                        "vislib.data.photos", "vislib.data.builtin"}
+                        "vislib.data.photos", "vislib.data.imagefolder", "vislib.data.cocofile", "vislib.data.csvfile",
+                        "vislib.data.builtin"}
 
 
 def module_name(path: Path, root: Path = VISLIB) -> str:

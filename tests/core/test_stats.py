@@ -175,4 +175,5 @@ def test_the_0_1_metrics_declare_it_on_their_class():
     from vislib.metrics import METRICS
 
     assert {name for name in METRICS.names() if METRICS[name].binary} == {
-        "pointing_game", "loc_error_gt_known", "loc_error_top1", "maxboxacc", "increase_in_confidence"}
+        "pointing_game", "loc_error_gt_known", "loc_error_top1", "loc_error_top5", "loc_error_gt_known_cam_code",
+        "loc_error_top1_cam_code", "loc_error_top5_cam_code", "maxboxacc", "increase_in_confidence"}

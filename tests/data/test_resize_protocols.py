@@ -41,13 +41,35 @@ def test_boxes_land_where_torchvision_puts_their_pixels(resize, shape):
 
 
 @pytest.mark.parametrize("resize", list(PROTOCOLS))
-def test_pixels_match_torchvisions_transform(resize):
+def test_pixels_match_torchvisions_transform_of_the_decoded_image(resize):
+    # Like torchvision's transforms on a decoded image, to_input resizes the uint8 pixels, then converts to float.
     pixels = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     ours = to_input(pixels, 224, resize)
-    image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
-    theirs = PROTOCOLS[resize](image).clamp(0, 1)
+    theirs = v2.functional.to_dtype(PROTOCOLS[resize](torch.from_numpy(pixels).permute(2, 0, 1)), torch.float32,
+                                    scale=True)
     assert ours.shape == theirs.shape == (3, 224, 224)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    # The same levels; only dividing by 255 and multiplying by 1/255 round apart.
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+# How far resizing the uint8 image (to_input) lands from resizing it in float, in [0,1] units (docs/datasets.md):
+# the uint8 resize rounds each pixel to a whole level.
+FLOAT_RESIZE_MAX = 1 / 255
+FLOAT_RESIZE_MEAN = 0.35 / 255
+
+
+@pytest.mark.parametrize("resize", list(PROTOCOLS))
+@pytest.mark.parametrize("image", ["chelsea", "coffee", "astronaut", "noise"])
+def test_pixels_stay_within_a_level_of_resizing_in_float(resize, image):
+    import skimage.data
+
+    pixels = (np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) if image == "noise"
+              else getattr(skimage.data, image)())
+    ours = to_input(pixels, 224, resize)
+    in_float = PROTOCOLS[resize](torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0).clamp(0, 1)
+    difference = (ours - in_float).abs()
+    assert difference.max().item() <= FLOAT_RESIZE_MAX + 1e-6
+    assert difference.mean().item() <= FLOAT_RESIZE_MEAN
 
 
 def test_the_protocol_scales_with_the_input_size():

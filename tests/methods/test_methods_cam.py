@@ -82,7 +82,9 @@ def test_matches_pytorch_grad_cam(parity_nets, monkeypatch, method, case):
     else:
         x = torch.randn(2, 3, size, size)
         targets = torch.tensor([1, 3])
-    ours = methods.get(method).explain(net, layer, x, targets).maps
+    # pytorch-grad-cam's Score-CAM weights are the softmax over channels of the masked inputs' logits.
+    ours = methods.get(method, **({"softmax": "channels"} if method == "scorecam" else {})).explain(
+        net, layer, x, targets).maps
     # pytorch-grad-cam upsamples Score-CAM masks with align_corners=True; vislib uses half-pixel
     # centres everywhere, so the peer gets the same upsampling for a like-for-like comparison.
     monkeypatch.setattr(torch.nn, "UpsamplingBilinear2d", _HalfPixelUpsample)
@@ -115,50 +117,60 @@ def test_cam_refuses_layers_that_do_not_feed_pool_and_linear():
         methods.get("cam").explain(alexnet, None, torch.randn(1, 3, 64, 64))
 
 
-def _naive_scorecam(net, layer, x, target, channels):
+def _naive_scorecam(net, layer, x, target, channels, softmax):
     """Score-CAM of one image scoring only `channels`, one masked forward at a time; the other
     channels get the weight of the lowest-scoring scored one."""
     with torch.no_grad(), frozen_model(net), capture_layer(net, layer) as capture:
         net(x)
         activation = capture.activation[0].clone()
-        exp_scores = torch.zeros(len(activation))
+        scores = torch.zeros(len(activation), dtype=torch.float64)
         for c in channels:
             mask = F.interpolate(activation[c][None, None], size=x.shape[-2:], mode="bilinear",
                                  align_corners=False)[0, 0]
             mask = (mask - mask.min()) / (mask.max() - mask.min()) if mask.max() > mask.min() else mask * 0
-            exp_scores[c] = torch.exp(net(x * mask)[0, target].double())
+            logits = net(x * mask)[0].double()
+            scores[c] = torch.softmax(logits, 0)[target] if softmax == "classes" else logits[target]
     scored = torch.zeros(len(activation), dtype=torch.bool)
     scored[channels] = True
-    weights = torch.where(scored, exp_scores, exp_scores[scored].min())
-    return torch.relu(((weights / weights.sum()).float()[:, None, None] * activation).sum(0))
+    scores = torch.where(scored, scores, scores[scored].min())
+    if softmax == "channels":
+        weights = torch.softmax(scores, 0)
+    else:
+        weights = torch.where(activation.flatten(1).amax(1) > activation.flatten(1).amin(1), scores, 0)
+    return torch.relu((weights.float()[:, None, None] * activation).sum(0))
 
 
-def test_scorecam_top_channels_scores_the_channels_of_largest_magnitude_only():
+@pytest.mark.parametrize("softmax", ["classes", "channels"])
+def test_scorecam_top_channels_scores_the_channels_of_largest_magnitude_only(softmax):
     net = models.load("demonet", "random")
     x = torch.randn(2, 3, 64, 64)
     targets = torch.tensor([4, 1])
     # features.13 is a batch-norm output, before its ReLU: channels of large magnitude may be negative.
-    ours = methods.get("scorecam", top_channels=5, batch_size=3).explain(net, "features.13", x, targets).maps
+    ours = methods.get("scorecam", top_channels=5, batch_size=3, softmax=softmax).explain(
+        net, "features.13", x, targets).maps
     with torch.no_grad(), frozen_model(net), capture_layer(net, "features.13") as capture:
         net(x)
         magnitude = capture.activation.abs().mean(dim=(2, 3))
         top = magnitude.topk(5, dim=1).indices
     assert not torch.equal(top, capture.activation.mean(dim=(2, 3)).topk(5, dim=1).indices)
     for i in range(2):
-        expected = _naive_scorecam(net, "features.13", x[i:i + 1], int(targets[i]), top[i])
+        expected = _naive_scorecam(net, "features.13", x[i:i + 1], int(targets[i]), top[i], softmax)
         torch.testing.assert_close(ours[i], expected, rtol=1e-4, atol=1e-6)
-    everything = _naive_scorecam(net, "features.14", x[:1], 4, torch.arange(128))
-    torch.testing.assert_close(methods.get("scorecam").explain(net, "features.14", x[:1], targets[:1]).maps[0],
+    everything = _naive_scorecam(net, "features.14", x[:1], 4, torch.arange(128), softmax)
+    torch.testing.assert_close(methods.get("scorecam", softmax=softmax).explain(net, "features.14", x[:1],
+                                                                                targets[:1]).maps[0],
                                everything, rtol=1e-4, atol=1e-6)
 
 
-def test_scorecam_result_does_not_depend_on_batch_size_or_an_oversized_top_channels():
+@pytest.mark.parametrize("softmax", ["classes", "channels"])
+def test_scorecam_result_does_not_depend_on_batch_size_or_an_oversized_top_channels(softmax):
     net = models.load("demonet", "random")
     x = torch.randn(2, 3, 64, 64)
-    exact = methods.get("scorecam", batch_size=64).explain(net, "features.6", x).maps
-    torch.testing.assert_close(methods.get("scorecam", batch_size=7).explain(net, "features.6", x).maps, exact)
-    torch.testing.assert_close(methods.get("scorecam", top_channels=10_000).explain(net, "features.6", x).maps,
-                               exact)
+    exact = methods.get("scorecam", batch_size=64, softmax=softmax).explain(net, "features.6", x).maps
+    torch.testing.assert_close(methods.get("scorecam", batch_size=7, softmax=softmax).explain(
+        net, "features.6", x).maps, exact)
+    torch.testing.assert_close(methods.get("scorecam", top_channels=10_000, softmax=softmax).explain(
+        net, "features.6", x).maps, exact)
 
 
 def test_layer_activation_and_grad_matches_a_full_backward_pass():
@@ -191,3 +203,7 @@ def test_scorecam_parameters_are_checked():
         methods.get("scorecam", top_channels=-1)
     with pytest.raises(ConfigError, match="'top_channels' must be int"):
         methods.get("scorecam", top_channels="8")
+    with pytest.raises(ConfigError, match="'softmax' must be one of"):
+        methods.get("scorecam", softmax="logits")
+    with pytest.raises(ConfigError, match="'init' must be one of"):
+        methods.get("scorecam", init="one")

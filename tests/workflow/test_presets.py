@@ -39,6 +39,8 @@ def test_presets_dry_run(tmp_path: Path) -> None:
     for lavise in ("lavise_coco", "lavise_vg"):
         out = outputs[presets / f"{lavise}.yaml"]
         assert all(rule in out for rule in ("glove", "lavise_features", "lavise_train", "lavise_recall")), out[-2000:]
+        # VG's tokens as the reproduction makes them (`concepts: first_token`); COCO splits its category names.
+        assert ("lavise_vg_concepts" in out) == (lavise == "lavise_vg"), out[-2000:]
     l2caf = outputs[presets / "l2caf_imagenet.yaml"]
     for name in ("resnet50-0676ba61.pth", "googlenet-1378be20.pth", "densenet169-b2777c0a.pth"):
         assert f"resources/weights/hub/checkpoints/{name}" in l2caf

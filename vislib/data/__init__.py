@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vislib.data.classmap import ModelClasses, SourceClasses
 from vislib.data.cocoformat import (
     CocoWriter,
     ImageRecord,
@@ -26,6 +27,10 @@ class DatasetKind:
     prepare: Callable[..., dict[str, int]]  # prepare(root, **params) -> images per split
     open: Callable[..., CocoFormatDataset]  # open(name, root, split, resize=...)
     Params: type = NoParams
+    # Kinds that read a user's images label them with a model's classes: source_classes(params, model_classes)
+    # checks the source and maps its classes (the config check calls it for every model the dataset serves), and
+    # their prepare takes the classes that label the data as `model_classes=` (None: the source's own classes).
+    source_classes: Callable[[dict[str, Any], ModelClasses | None], SourceClasses] | None = None
 
     def parse_params(self, kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
         """The config's `params` of a dataset of this kind, checked and filled with defaults."""
@@ -67,7 +72,9 @@ __all__ = [
     "DatasetKind",
     "DatasetRef",
     "ImageRecord",
+    "ModelClasses",
     "Sample",
+    "SourceClasses",
     "decode_mask",
     "encode_mask",
     "open_dataset",

@@ -1,11 +1,12 @@
-"""Registration of vislib's dataset kinds: built-in (shapes, photos) and real (COCO, Visual Genome, ImageNet val),
-each with its declared parameters (the `params:` of a dataset in the config)."""
+"""Registration of vislib's dataset kinds: built-in (shapes, photos), real (COCO, Visual Genome, ImageNet val) and
+a user's own images (image folder, COCO-format file, CSV), each with its declared parameters (the `params:` of a
+dataset in the config)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vislib.data import DATASETS, DatasetKind
+from vislib.data import DATASETS, DatasetKind, cocofile, csvfile, imagefolder
 from vislib.data.coco import COCO_URL, prepare_coco
 from vislib.data.dataset import CocoFormatDataset
 from vislib.data.imagenet import prepare_imagenet_val
@@ -56,3 +57,9 @@ DATASETS.register("photos")(DatasetKind(write_photos, CocoFormatDataset))
 DATASETS.register("coco")(DatasetKind(prepare_coco, CocoFormatDataset, CocoParams))
 DATASETS.register("vg")(DatasetKind(prepare_vg, CocoFormatDataset, VisualGenomeParams))
 DATASETS.register("imagenet_val")(DatasetKind(prepare_imagenet_val, CocoFormatDataset, ImageNetValParams))
+DATASETS.register("imagefolder")(DatasetKind(imagefolder.prepare_image_folder, CocoFormatDataset,
+                                             imagefolder.ImageFolderParams, imagefolder.source_classes))
+DATASETS.register("cocofile")(DatasetKind(cocofile.prepare_coco_file, CocoFormatDataset, cocofile.CocoFileParams,
+                                          cocofile.source_classes))
+DATASETS.register("csv")(DatasetKind(csvfile.prepare_csv, CocoFormatDataset, csvfile.CsvParams,
+                                     csvfile.source_classes))

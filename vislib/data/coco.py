@@ -27,7 +27,8 @@ def link_split(root: Path, split: str, directory: str) -> None:
     link.symlink_to(Path("..") / directory, target_is_directory=True)
 
 
-def _object(ann: dict, height: int, width: int, names: dict[int, str]) -> dict:
+def coco_object(ann: dict, height: int, width: int, names: dict[int, str]) -> dict:
+    """One COCO annotation as a CocoWriter object: its category name (`names` by category id), box and mask."""
     segmentation = ann.get("segmentation")
     mask = None
     if isinstance(segmentation, list) and segmentation:  # polygons
@@ -60,7 +61,7 @@ def convert_instances(instances: str | os.PathLike, root: str | os.PathLike, spl
         anns = per_image.get(img["id"])
         if not anns:  # no object to point at: such images cannot be scored
             continue
-        objects = [_object(a, img["height"], img["width"], names) if masks else
+        objects = [coco_object(a, img["height"], img["width"], names) if masks else
                    {"category": names[a["category_id"]], "bbox": a["bbox"], "attributes": []} for a in anns]
         largest = max(anns, key=lambda a: a["area"])
         writer.add_image(img["id"], img["file_name"], img["width"], img["height"],

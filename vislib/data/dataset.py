@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -60,9 +65,34 @@ def input_geometry(width: int, height: int, size: int, resize: str) -> Geometry:
     return Geometry(new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0)))
 
 
+@dataclass(frozen=True)
+class OriginalFrame:
+    """An image in its own pixels: its size, every ground-truth box unmoved (none dropped by a crop) and where
+    the resize protocol put it in the model input."""
+
+    width: int
+    height: int
+    boxes: np.ndarray  # float32 [K,4] xyxy in original pixels
+    box_labels: np.ndarray  # int64 [K]
+    geometry: Geometry
+
+
+def maps_to_original(maps: torch.Tensor, frame: OriginalFrame) -> torch.Tensor:
+    """Maps [M,S,S] over the model input brought back to the original image [M,H,W]: the inverse of the resize
+    protocol (`to_input`). The input covers only the crop, so the map is 0 where the crop cut the image off."""
+    geometry, size = frame.geometry, maps.shape[-1]
+    canvas = maps.float().new_zeros(maps.shape[0], geometry.height, geometry.width)
+    canvas[:, geometry.top:geometry.top + size, geometry.left:geometry.left + size] = maps.float()
+    if (geometry.height, geometry.width) == (frame.height, frame.width):
+        return canvas
+    # Same resampling as `to_input`, the other way round.
+    return F.interpolate(canvas[:, None], size=(frame.height, frame.width), mode="bilinear", antialias=True,
+                         align_corners=False)[:, 0]
+
+
 @dataclass
 class Sample:
-    """Ground truth of one image in model-input coordinates."""
+    """Ground truth of one image in model-input coordinates (and, where the dataset knows it, in its own)."""
 
     image_id: int
     label: int
@@ -71,6 +101,8 @@ class Sample:
     masks: np.ndarray | None  # bool [K,S,S] or None when the dataset has no masks
     attributes: list[list[str]]
     outside_crop: int = 0  # objects dropped because the resize protocol's crop cut them off entirely
+    original: OriginalFrame | None = None  # the original image's size and boxes (scoring at original resolution)
+    dataset_has_boxes: bool = True  # False for a dataset without any box (an image folder): why box metrics are NaN
 
 
 @dataclass
@@ -89,7 +121,27 @@ class Batch:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file into uint8 [H,W,3] RGB; raise ImageDecodeError if it cannot be read."""
+    """Decode an image file into uint8 [H,W,3] RGB; raise ImageDecodeError naming the file if it cannot be read.
+
+    torchvision's decoders read JPEG, PNG, GIF and WEBP (about 3x faster than PIL's decode and conversion, and
+    they release the GIL, so a read-ahead thread decodes beside the model); PIL reads every other format (BMP,
+    TIFF, ...) and words the error of a file neither can read. A 16-bit PNG is scaled to 8 bits.
+    """
+    # Imported here: torchvision costs seconds of start-up in every job that reads no image.
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.v2.functional import to_dtype
+
+    try:
+        pixels = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return _read_image_with_pil(path)
+    if pixels.dtype != torch.uint8:
+        pixels = to_dtype(pixels, torch.uint8, scale=True)
+    # The decoders return [3,H,W] over [H,W,3] memory: this view is contiguous.
+    return pixels.permute(1, 2, 0).numpy()
+
+
+def _read_image_with_pil(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))
@@ -98,14 +150,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def to_input(pixels: np.ndarray, size: int, resize: str = "stretch") -> torch.Tensor:
-    """uint8 [H,W,3] -> float [3,size,size] in [0,1], resized with antialiasing by protocol `resize`."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()[None] / 255.0
-    geometry = input_geometry(x.shape[-1], x.shape[-2], size, resize)
-    if x.shape[-2:] != (geometry.height, geometry.width):
-        x = F.interpolate(x, size=(geometry.height, geometry.width), mode="bilinear", antialias=True,
-                          align_corners=False)
-    x = x[..., geometry.top:geometry.top + size, geometry.left:geometry.left + size]
-    return x[0].clamp(0, 1)
+    """uint8 [H,W,3] -> float [3,size,size] in [0,1], resized by protocol `resize`.
+
+    The resize (bilinear, antialiased) runs on the uint8 image, as torchvision's transforms do on a decoded image,
+    and only the input is converted to float: within 1/255 of resizing in float (docs/datasets.md) and several
+    times faster.
+    """
+    from torchvision.transforms.v2.functional import resize as resize_image
+
+    if pixels.dtype != np.uint8:
+        raise DataError(f"to_input takes uint8 pixels (read_image's), got {pixels.dtype}")
+    # [3,H,W] over [H,W,3] memory: the layout torch's fast uint8 resize reads.
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    geometry = input_geometry(image.shape[-1], image.shape[-2], size, resize)
+    if image.shape[-2:] != (geometry.height, geometry.width):
+        image = resize_image(image, [geometry.height, geometry.width], antialias=True)
+    image = image[:, geometry.top:geometry.top + size, geometry.left:geometry.left + size]
+    return image.float().div_(255.0)
 
 
 def place_boxes(boxes: np.ndarray, width: int, height: int, geometry: Geometry,
@@ -133,6 +194,7 @@ class CocoFormatDataset:
         self.split = split
         self.resize = resize
         self.records, self.label_names, self.categories = read_coco_split(self.root, split)
+        self.has_boxes = any(len(rec.boxes) for rec in self.records.values())
         if not self.records:
             raise DataError(f"dataset {name!r} split {split!r} under {str(self.root)!r} has no images")
 
@@ -162,12 +224,14 @@ class CocoFormatDataset:
             resized = F.interpolate(torch.from_numpy(stack)[None], size=(geometry.height, geometry.width),
                                     mode="nearest")[0]
             masks = resized[:, geometry.top:geometry.top + size, geometry.left:geometry.left + size].numpy() > 0.5
+        original = OriginalFrame(rec.width, rec.height, rec.boxes.reshape(-1, 4), rec.box_labels, geometry)
         if kept.all():
-            return Sample(image_id, rec.label, boxes, rec.box_labels, masks, rec.attributes)
+            return Sample(image_id, rec.label, boxes, rec.box_labels, masks, rec.attributes, original=original,
+                          dataset_has_boxes=self.has_boxes)
         attributes = ([a for a, k in zip(rec.attributes, kept, strict=True) if k]
                       if len(rec.attributes) == len(kept) else rec.attributes)
         return Sample(image_id, rec.label, boxes[kept], rec.box_labels[kept], None if masks is None else masks[kept],
-                      attributes, int((~kept).sum()))
+                      attributes, int((~kept).sum()), original, self.has_boxes)
 
     def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True) -> Batch:
         """Decode, resize and normalise images; images that fail to decode are reported, not raised."""
@@ -184,3 +248,33 @@ class CocoFormatDataset:
         images = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         return Batch(preprocessing.normalize(images), labels, samples, failures)
+
+    def batches(self, image_ids: Sequence[int], batch_size: int, preprocessing: Preprocessing,
+                with_masks: bool = True, read_ahead: int = 1) -> Iterator[Batch]:
+        """`load_batch` over consecutive `batch_size` slices of `image_ids`, in order, with the next `read_ahead`
+        batches read by a background thread while the caller works on the current one (0: read each when asked)."""
+        slices = [list(image_ids[start:start + batch_size]) for start in range(0, len(image_ids), batch_size)]
+        return read_in_order([functools.partial(self.load_batch, ids, preprocessing, with_masks) for ids in slices],
+                             read_ahead)
+
+
+Loaded = TypeVar("Loaded")
+
+
+def read_in_order(loads: Sequence[Callable[[], Loaded]], read_ahead: int) -> Iterator[Loaded]:
+    """The results of `loads` in order, each started up to `read_ahead` results before it is asked for, on one
+    background thread (decoders and torch release the GIL, so it runs beside the caller's model). At most
+    `read_ahead` results wait, so memory stays bounded; an exception of a load is raised where its result would
+    have been, and a caller that stops early cancels the loads not yet started."""
+    if read_ahead < 1:
+        yield from (load() for load in loads)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vislib-read-ahead")
+    pending: deque[Future[Loaded]] = deque(pool.submit(load) for load in loads[:read_ahead])
+    try:
+        for position in range(len(loads)):
+            if position + read_ahead < len(loads):
+                pending.append(pool.submit(loads[position + read_ahead]))
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

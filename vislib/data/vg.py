@@ -21,6 +21,11 @@ META_URL = "https://visualgenome.org/static/data/dataset"
 IMAGE_FOLDER = "raw"
 
 
+def objects_json(root: str | os.PathLike) -> Path:
+    """Where `prepare_vg` keeps VG's raw objects.json (read again by LaViSE's `concepts: first_token`)."""
+    return Path(root) / "meta" / "objects.json"
+
+
 class _Categories(list[str]):
     """A category list whose `index` is a dict lookup: VG has millions of objects and thousands of categories."""
 
@@ -119,5 +124,5 @@ def prepare_vg(root: str | os.PathLike, min_instances: int = 100, val_fraction: 
     for split in ("train", "val"):
         link_split(root, split, IMAGE_FOLDER)
     meta = root / "meta"
-    return convert_vg(root, meta / "objects.json", meta / "image_data.json",
+    return convert_vg(root, objects_json(root), meta / "image_data.json",
                       meta / "attributes.json" if attributes else None, min_instances, val_fraction, seed)

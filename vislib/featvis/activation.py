@@ -10,14 +10,19 @@ from torch import nn
 
 from vislib.errors import ConfigError
 from vislib.featvis.base import (
+    INIT_KINDS,
+    RECIPE_HELP,
+    RECIPES,
     FeatVisMethod,
     FeatVisResult,
     check_images,
+    check_init_range,
     check_units,
     register,
-    unit_noise,
+    unit_start,
 )
 from vislib.featvis.engine import (
+    PLAIN_SETTINGS,
     EngineSettings,
     optimize,
     probe_layer,
@@ -50,8 +55,22 @@ def unit_activation(activation: torch.Tensor, units: torch.Tensor | None, object
     return per_channel.gather(1, units.to(activation.device)[:, None])[:, 0]
 
 
+FILTER_VISUALIZATION_ORIGINAL = {
+    **PLAIN_SETTINGS, "objective": "channel", "size": 224, "init": "uniform", "init_range": [150.0, 180.0],
+    "optimizer": "adam", "lr": 0.1, "lr_end": 0.1, "weight_decay": 1e-6, "momentum": 0.0, "iterations": 30,
+    "projection": "none",
+}
+"""cnn_layer_visualization.py: Adam(lr 0.1, weight decay 1e-6) for 30 steps from 8-bit uniform noise in [150, 180)."""
+DEEP_DREAM_ORIGINAL = {
+    **PLAIN_SETTINGS, "objective": "channel", "optimizer": "sgd", "lr": 12.0, "lr_end": 12.0, "weight_decay": 1e-4,
+    "momentum": 0.0, "iterations": 250, "projection": "none",
+}
+"""deep_dream.py: SGD(lr 12, weight decay 1e-4) for 250 steps from the photo."""
+
+
 @dataclass(frozen=True)
 class _DreamParams(EngineSettings):
+    recipe: str = param("regularized", RECIPE_HELP, choices=RECIPES)
     objective: str = param("channel", "maximise a channel's mean, or its centre neuron", choices=OBJECTIVES)
     seed: int = param(0, "seed of the jitter (and of the start noise)")
 
@@ -59,7 +78,10 @@ class _DreamParams(EngineSettings):
 @dataclass(frozen=True)
 class _NoiseStartParams(_DreamParams):
     size: int = param(0, "image side in pixels (0: the model's input size)", minimum=0)
-    init_std: float = param(0.1, "std of the grey start noise", minimum=0)
+    init: str = param("grey", "start image: grey + init_std noise, 8-bit uniform noise in init_range, or "
+                              "init_std noise as the normalised image", choices=INIT_KINDS)
+    init_std: float = param(0.1, "std of the grey (or normalised) start noise", minimum=0)
+    init_range: list[float] = param([150.0, 180.0], "[low, high) of the uniform start's 8-bit pixel values")
 
 
 class _UnitMaximiser(FeatVisMethod):
@@ -108,10 +130,14 @@ class FilterVisualization(_UnitMaximiser):
 
     name = "filter_visualization"
     unit_source = "channels"
+    recipes = {"original": FILTER_VISUALIZATION_ORIGINAL}
     Params = with_defaults(
         _NoiseStartParams, iterations=24, lr=0.02, lr_end=0.005, optimizer="normalized", grad_pyramid=4,
         decorrelate=True, octaves=4, octave_scale=1.5, jitter=16, scale_jitter=0.1, blur_every=4, blur_sigma=0.5,
     )
+
+    def validate(self) -> None:
+        check_init_range(self.params["init_range"], self.name)
 
     def generate(self, model: nn.Module, layer: str | None, units: Sequence[int] | torch.Tensor | None = None,
                  images: torch.Tensor | None = None) -> FeatVisResult:
@@ -125,7 +151,8 @@ class FilterVisualization(_UnitMaximiser):
         side = self.params["size"] or preprocessing_of(model).input_size
         count = self._layer_units(model, layer, (side, side), device)
         units = check_units(units, count, self.unit_word, self.name)
-        init = unit_noise(units, (side, side), self.params["seed"], self.params["init_std"]).to(device)
+        init = unit_start(self.params["init"], units, (side, side), self.params["seed"], self.params["init_std"],
+                          self.params["init_range"], preprocessing_of(model)).to(device)
         result, curve, extras = self._maximise(model, layer, units, init, base=None)
         labels = [f"{layer} {self.params['objective']} {u}" for u in units.tolist()]
         return FeatVisResult(self.name, layer, result.cpu(), units, labels, curve.cpu(), extras)
@@ -137,6 +164,7 @@ class DeepDream(_UnitMaximiser):
 
     name = "deep_dream"
     unit_source = "images"
+    recipes = {"original": DEEP_DREAM_ORIGINAL}
     Params = with_defaults(
         _DreamParams, iterations=10, lr=0.01, lr_end=0.01, optimizer="normalized", grad_pyramid=4, decorrelate=True,
         octaves=4, octave_scale=1.4, jitter=16,

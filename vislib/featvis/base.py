@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,7 +12,13 @@ from torch import nn
 
 from vislib.errors import ConfigError, DataError
 from vislib.params import NoParams, as_dict, parse
+from vislib.preprocessing import Preprocessing
 from vislib.registry import Registry
+
+RECIPES = ("regularized", "original")
+"""Values of every featvis method's `recipe` parameter: vislib's regularised defaults, or the original code's."""
+RECIPE_HELP = ("regularized: vislib's defaults; original: every value of the original code (docs/featvis.md); "
+               "parameters given explicitly override the recipe's")
 
 
 @dataclass
@@ -41,9 +47,15 @@ class FeatVisMethod(ABC):
     # What a workflow job hands out as units: "channels" of the layer, "classes" of the logits,
     # "images" to start from (one result per image), or "clusters" of an image set.
     unit_source: ClassVar[str] = ""
+    # Parameter values each `recipe` sets, in place of the declared defaults (a recipe not listed sets none).
+    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, **params: Any) -> None:
-        self.params: dict[str, Any] = as_dict(parse(f"featvis method {self.name!r}", self.Params, params))
+        owner = f"featvis method {self.name!r}"
+        given = as_dict(parse(owner, self.Params, params))  # checks the names and values given, recipe included
+        recipe = self.recipes.get(given.get("recipe", ""), {})
+        # A recipe replaces defaults only: a parameter given explicitly keeps its given value.
+        self.params: dict[str, Any] = as_dict(parse(owner, self.Params, {**recipe, **params}))
         self.validate()
 
     def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no checks across parameters)
@@ -100,10 +112,45 @@ def check_units(units: Sequence[int] | torch.Tensor | None, count: int, what: st
     return tensor
 
 
-def unit_noise(units: torch.Tensor, size: tuple[int, int], seed: int, std: float) -> torch.Tensor:
-    """Grey start images with noise drawn per (seed, unit), so a unit's image never depends on its batch."""
-    noise = []
+INIT_KINDS = ("grey", "uniform", "normal")
+"""Start images: grey + noise in pixels, 8-bit uniform noise, or noise as the model-normalised image."""
+
+
+def draw_start(kind: str, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """The random numbers a start image of `kind` is made of: uniform in [0,1) for 'uniform', else standard normal."""
+    if kind == "uniform":
+        return torch.rand(tuple(shape), generator=generator)
+    return torch.randn(tuple(shape), generator=generator)
+
+
+def start_from_draws(kind: str, draws: torch.Tensor, std: float, value_range: Sequence[float],
+                     preprocessing: Preprocessing) -> torch.Tensor:
+    """Start images in [0,1] from `draw_start`'s numbers.
+
+    grey: 0.5 + std * N(0,1) per pixel. uniform: integer pixel values floor(U[low, high)) / 255, the 8-bit image
+    `np.uint8(np.random.uniform(low, high, ...))` makes. normal: std * N(0,1) as the model-normalised image, i.e.
+    the mean colour plus std * N(0,1) model standard deviations (`0.1 * torch.randn` of the original inversion).
+    """
+    if kind == "uniform":
+        low, high = value_range
+        return (torch.floor(low + (high - low) * draws).clamp(0, 255) / 255).float()
+    if kind == "normal":
+        return preprocessing.denormalize(std * draws).clamp(0, 1)
+    return (0.5 + std * draws).clamp(0, 1)
+
+
+def unit_start(kind: str, units: torch.Tensor, size: tuple[int, int], seed: int, std: float,
+               value_range: Sequence[float], preprocessing: Preprocessing) -> torch.Tensor:
+    """Start images [N,3,H,W] drawn per (seed, unit), so a unit's image never depends on its batch."""
+    draws = []
     for unit in units.tolist():
         generator = torch.Generator().manual_seed(seed * 1_000_003 + unit)
-        noise.append(torch.randn(3, *size, generator=generator))
-    return (0.5 + std * torch.stack(noise)).clamp(0, 1)
+        draws.append(draw_start(kind, (3, *size), generator))
+    return start_from_draws(kind, torch.stack(draws), std, value_range, preprocessing)
+
+
+def check_init_range(value_range: Sequence[float], method: str) -> None:
+    """`init_range` is [low, high) with 0 <= low < high <= 256 (8-bit pixel values); ConfigError otherwise."""
+    if len(value_range) != 2 or not 0 <= value_range[0] < value_range[1] <= 256:
+        raise ConfigError(f"featvis {method!r}: init_range must be [low, high] with 0 <= low < high <= 256 "
+                          f"(8-bit pixel values), got {list(value_range)}")

@@ -9,12 +9,30 @@ import torch
 from torch import nn
 
 from vislib.errors import ConfigError
-from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_units, register, unit_noise
-from vislib.featvis.engine import EngineSettings, optimize, settings_from
+from vislib.featvis.base import (
+    INIT_KINDS,
+    RECIPE_HELP,
+    RECIPES,
+    FeatVisMethod,
+    FeatVisResult,
+    check_init_range,
+    check_units,
+    register,
+    unit_start,
+)
+from vislib.featvis.engine import PLAIN_SETTINGS, EngineSettings, optimize, settings_from
 from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of
 from vislib.params import param, with_defaults
+
+CLASS_IMAGE_ORIGINAL = {
+    **PLAIN_SETTINGS, "regularized": False, "size": 224, "init": "uniform", "init_range": [0.0, 255.0],
+    "optimizer": "sgd", "lr": 6.0, "lr_end": 6.0, "momentum": 0.0, "weight_decay": 0.0, "iterations": 149,
+    "projection": "uint8",
+}
+"""generate_class_specific_samples.py: SGD(lr 6) for steps 1..149 from 8-bit uniform noise in [0, 255), the image
+rounded to 8 bits after every step."""
 
 
 @register
@@ -27,17 +45,26 @@ class ClassImage(FeatVisMethod):
 
     name = "class_image"
     unit_source = "classes"
+    recipes = {"original": CLASS_IMAGE_ORIGINAL}
+
     @dataclass(frozen=True)
     class _Params(EngineSettings):
+        recipe: str = param("regularized", RECIPE_HELP, choices=RECIPES)
         regularized: bool = param(True, "decay, blur, jitter and octaves; false keeps only pixels in range")
         size: int = param(0, "image side in pixels (0: the model's input size)", minimum=0)
-        init_std: float = param(0.1, "std of the grey start noise", minimum=0)
+        init: str = param("grey", "start image: grey + init_std noise, 8-bit uniform noise in init_range, or "
+                                  "init_std noise as the normalised image", choices=INIT_KINDS)
+        init_std: float = param(0.1, "std of the grey (or normalised) start noise", minimum=0)
+        init_range: list[float] = param([0.0, 255.0], "[low, high) of the uniform start's 8-bit pixel values")
         seed: int = param(0, "seed of the start noise and the jitter")
 
     Params = with_defaults(
         _Params, iterations=24, lr=0.02, lr_end=0.005, optimizer="normalized", grad_pyramid=4, decorrelate=True,
         octaves=4, octave_scale=1.5, jitter=16, scale_jitter=0.1, blur_every=4, blur_sigma=0.5, decay_weight=0.01,
     )
+
+    def validate(self) -> None:
+        check_init_range(self.params["init_range"], self.name)
 
     def generate(self, model: nn.Module, layer: str | None = None,
                  units: Sequence[int] | torch.Tensor | None = None,
@@ -51,7 +78,8 @@ class ClassImage(FeatVisMethod):
         with frozen_model(model), torch.no_grad():
             num_classes = model(torch.zeros(1, 3, side, side, device=device)).shape[1]
         classes = check_units(units, num_classes, "class", self.name)
-        init = unit_noise(classes, (side, side), self.params["seed"], self.params["init_std"]).to(device)
+        init = unit_start(self.params["init"], classes, (side, side), self.params["seed"], self.params["init_std"],
+                          self.params["init_range"], preprocessing).to(device)
         settings = settings_from(self.params)
         if not self.params["regularized"]:
             settings = settings_from(self.params, octaves=1, jitter=0, scale_jitter=0.0, blur_every=0,

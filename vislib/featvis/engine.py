@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vislib.errors import LayerError
+from vislib.errors import ConfigError, LayerError
 from vislib.methods.base import fast_layout
 from vislib.models.registry import preprocessing_of, resolve_layer
 from vislib.params import param
@@ -26,6 +27,9 @@ class EngineSettings:
     iterations: int = param(64, "optimisation steps per octave", minimum=1)
     lr: float = param(0.05, "step size at the first step", exclusive_minimum=0)
     lr_end: float = param(0.05, "step size at the last step (linear in between)", exclusive_minimum=0)
+    lr_decay_every: int = param(0, "instead of lr_end: multiply lr by lr_decay_factor after step 0 and every this "
+                                   "many steps (0: off)", minimum=0)
+    lr_decay_factor: float = param(0.1, "factor of that step decay", exclusive_minimum=0)
     octaves: int = param(1, "image scales, from small to full size", minimum=1)
     octave_scale: float = param(1.4, "size ratio between octaves", minimum=1)
     jitter: int = param(0, "random shift in pixels at each step", minimum=0)
@@ -37,10 +41,27 @@ class EngineSettings:
     decay_weight: float = param(0.0, "weight of the L2 decay of the normalised image", minimum=0)
     alpha_weight: float = param(0.0, "weight of the alpha-norm penalty", minimum=0)
     alpha: float = param(6.0, "exponent of the alpha-norm")
+    penalty_reduction: str = param("mean", "penalties (TV, decay, alpha-norm) averaged or summed over each image",
+                                   choices=("mean", "sum"))
     grad_pyramid: int = param(0, "levels of the Laplacian-pyramid gradient normalisation (0: off)", minimum=0)
     decorrelate: bool = param(False, "precondition the gradient with the ImageNet colour covariance")
-    optimizer: str = param("adam", "adam, or normalized gradient ascent", choices=("adam", "normalized"))
+    optimizer: str = param("adam", "adam, normalized gradient descent, or plain SGD",
+                           choices=("adam", "normalized", "sgd"))
+    momentum: float = param(0.0, "momentum of the normalized and sgd optimizers", minimum=0, exclusive_maximum=1)
+    weight_decay: float = param(0.0, "the optimizer's L2 weight decay of the optimised tensor", minimum=0)
+    space: str = param("pixels", "optimise the [0,1] pixels, or the model-normalised image (the original codes)",
+                       choices=("pixels", "normalized"))
+    projection: str = param("clamp", "after each step: clamp pixels to [0,1], also round them to 8 bits, or "
+                                     "leave them (results are clamped at the end)", choices=("clamp", "uint8", "none"))
 
+
+# The plain recipes of pytorch-cnn-visualizations (its file:line per value: tests/featvis/test_recipes.py): no
+# jitter, blur, octaves, gradient conditioning or clamping; the model-normalised image is the optimised tensor.
+PLAIN_SETTINGS: dict[str, Any] = {
+    "octaves": 1, "jitter": 0, "scale_jitter": 0.0, "blur_every": 0, "blur_sigma": 0.0, "tv_weight": 0.0,
+    "decay_weight": 0.0, "alpha_weight": 0.0, "grad_pyramid": 0, "decorrelate": False, "lr_decay_every": 0,
+    "space": "normalized",
+}
 
 # Lucid's square root C of the ImageNet colour covariance. Preconditioning the gradient with
 # (C C^T)^(1/2) (= U S U^T for C = U S V^T) moves pixels mostly in brightness and less in hue,
@@ -98,14 +119,20 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def total_variation(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
-    """Per-image mean of ((dI/dy)^2 + (dI/dx)^2)^(beta/2) over the H and W axes of [N,C,H,W]."""
+def reduce_per_image(values: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Mean or sum of each item of a [N,...] batch."""
+    flat = values.flatten(1)
+    return flat.sum(1) if reduction == "sum" else flat.mean(1)
+
+
+def total_variation(images: torch.Tensor, beta: float = 2.0, reduction: str = "mean") -> torch.Tensor:
+    """Per-image mean (or sum) of ((dI/dy)^2 + (dI/dx)^2)^(beta/2) over the H and W axes of [N,C,H,W]."""
     dy = images[..., 1:, :-1] - images[..., :-1, :-1]
     dx = images[..., :-1, 1:] - images[..., :-1, :-1]
     squared = dy ** 2 + dx ** 2
     # The small offset keeps the gradient finite at flat regions when beta < 2.
     tv = squared if beta == 2.0 else (squared + 1e-8) ** (beta / 2)
-    return tv.flatten(1).mean(1)
+    return reduce_per_image(tv, reduction)
 
 
 def _rms(images: torch.Tensor) -> torch.Tensor:
@@ -246,16 +273,39 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 """objective(normalised batch [N,3,h,w]) -> per-image loss [N] to minimise."""
 
 
-def regularizers(images: torch.Tensor, normalised: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
-    """Per-image TV (pixel space), L2 decay and alpha-norm (model space, i.e. around the mean colour)."""
-    total = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
+def regularizers(optimised: torch.Tensor, normalised: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
+    """Per-image TV (of the optimised tensor: pixels, or the normalised image), L2 decay and alpha-norm (model
+    space, i.e. around the mean colour), each averaged or summed over the image (`penalty_reduction`)."""
+    reduction = settings.penalty_reduction
+    total = torch.zeros(optimised.shape[0], dtype=optimised.dtype, device=optimised.device)
     if settings.tv_weight:
-        total = total + settings.tv_weight * total_variation(images, settings.tv_beta)
+        total = total + settings.tv_weight * total_variation(optimised, settings.tv_beta, reduction)
     if settings.decay_weight:
-        total = total + settings.decay_weight * normalised.pow(2).flatten(1).mean(1)
+        total = total + settings.decay_weight * reduce_per_image(normalised.pow(2), reduction)
     if settings.alpha_weight:
-        total = total + settings.alpha_weight * normalised.abs().pow(settings.alpha).flatten(1).mean(1)
+        total = total + settings.alpha_weight * reduce_per_image(normalised.abs().pow(settings.alpha), reduction)
     return total
+
+
+def learning_rate(settings: EngineSettings, step: int) -> float:
+    """The step size at 0-based `step` of an octave: linear from lr to lr_end, or lr times lr_decay_factor
+    once after step 0 and again after every lr_decay_every steps (the original inversion's `i % 40 == 0`)."""
+    if settings.lr_decay_every:
+        return settings.lr * settings.lr_decay_factor ** math.ceil(step / settings.lr_decay_every)
+    fraction = step / max(1, settings.iterations - 1)
+    return settings.lr + (settings.lr_end - settings.lr) * fraction
+
+
+def quantize(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0,1] rounded to the nearest 8-bit value (the uint8 image the original codes kept)."""
+    return torch.round(pixels.clamp(0, 1) * 255) / 255
+
+
+def make_optimizer(tensor: torch.Tensor, settings: EngineSettings) -> torch.optim.Optimizer:
+    """Adam, or SGD (for 'normalized' and 'sgd'), with the settings' momentum and weight decay."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam([tensor], lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD([tensor], lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
 def _jitter(images: torch.Tensor, settings: EngineSettings, generator: torch.Generator) -> torch.Tensor:
@@ -275,12 +325,22 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
              seed: int, base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise objective + regularisers over a [N,3,H,W] pixel batch in [0,1], octave by octave.
 
-    Returns the final images [N,3,H,W] and the per-image loss curve [octaves*iterations, N].
+    Returns the final images [N,3,H,W] (clamped to [0,1]) and the per-image loss curve [octaves*iterations, N].
     With `base` (deep dream) each octave starts from the base image at that size plus the detail
-    added so far; without it the previous octave's image is upscaled.
+    added so far; without it the previous octave's image is upscaled. The optimised tensor is the pixels or,
+    with space 'normalized', the model-normalised image (as in the original codes; blur is linear, so it is the
+    same in either space, and the projection acts on the pixels).
     """
     preprocessing = preprocessing_of(model)
     generator = torch.Generator().manual_seed(seed)
+    normalized_space = settings.space == "normalized"
+
+    def to_space(pixels: torch.Tensor) -> torch.Tensor:
+        return preprocessing.normalize(pixels) if normalized_space else pixels
+
+    def to_pixels(tensor: torch.Tensor) -> torch.Tensor:
+        return preprocessing.denormalize(tensor) if normalized_space else tensor
+
     sizes = octave_sizes(spatial_size(init), settings.octaves, settings.octave_scale)
     images = resize(init, sizes[0]).clamp(0, 1)
     curve = []
@@ -292,35 +352,50 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, setting
             else:
                 detail = images - resize(base, sizes[k - 1])
                 images = resize(base, size) + resize(detail, size)
-            images = images.clamp(0, 1)
-        pixels = images.detach().clone().requires_grad_(True)
+            if settings.projection != "none":
+                images = images.clamp(0, 1)
+        optimised = to_space(images).detach().clone().requires_grad_(True)
         # "normalized": plain descent on the gradient divided by its per-image mean magnitude; unlike
         # Adam it keeps the gradient's spectrum, so high frequencies are not boosted to full step.
-        optimizer = torch.optim.Adam([pixels], lr=settings.lr) if settings.optimizer == "adam" else \
-            torch.optim.SGD([pixels], lr=settings.lr)
+        optimizer = make_optimizer(optimised, settings)
         for i in range(settings.iterations):
             progress.update()
-            fraction = i / max(1, settings.iterations - 1)
             for group in optimizer.param_groups:
-                group["lr"] = settings.lr + (settings.lr_end - settings.lr) * fraction
+                group["lr"] = learning_rate(settings, i)
             with torch.enable_grad():
-                normalised = preprocessing.normalize(pixels)
+                normalised = optimised if normalized_space else preprocessing.normalize(optimised)
                 view = _jitter(normalised, settings, generator)
-                per_image = objective(view) + regularizers(pixels, normalised, settings)
+                per_image = objective(view) + regularizers(optimised, normalised, settings)
                 optimizer.zero_grad(set_to_none=True)
                 # Images are independent, so the gradient of the sum is each image's own gradient.
                 per_image.sum().backward()
-            grad = condition_gradient(gradient_of(pixels), settings.decorrelate, settings.grad_pyramid)
+            grad = condition_gradient(gradient_of(optimised), settings.decorrelate, settings.grad_pyramid)
             if settings.optimizer == "normalized":
                 grad /= grad.abs().flatten(1).mean(1).clamp_min(1e-12)[:, None, None, None]
-            pixels.grad = grad
+            optimised.grad = grad
             optimizer.step()
             with torch.no_grad():
                 # The last step is never blurred, so the result keeps the detail the objective asked for.
                 if settings.blur_every and (i + 1) % settings.blur_every == 0 and i + 1 < settings.iterations:
-                    pixels.copy_(gaussian_blur(pixels, settings.blur_sigma))
-                pixels.clamp_(0, 1)
+                    optimised.copy_(gaussian_blur(optimised, settings.blur_sigma))
+                if settings.projection == "clamp" and not normalized_space:
+                    optimised.clamp_(0, 1)
+                elif settings.projection != "none":
+                    pixels = to_pixels(optimised).clamp(0, 1)
+                    optimised.copy_(to_space(quantize(pixels) if settings.projection == "uint8" else pixels))
             curve.append(per_image.detach().float())
-        images = pixels.detach()
-    return images.float(), torch.stack(curve)
+        images = to_pixels(optimised.detach())
+    images = quantize(images) if settings.projection == "uint8" else images.clamp(0, 1)
+    return images.float(), check_finite(torch.stack(curve))
 
+
+def check_finite(curve: torch.Tensor) -> torch.Tensor:
+    """The loss curve [T,N] if every value is finite; else a ConfigError naming the first step that was not."""
+    finite = torch.isfinite(curve).all(1)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0, 0])
+        raise ConfigError(
+            f"featvis: the loss became {curve[step][~torch.isfinite(curve[step])][0].item()} at step {step + 1} of "
+            f"{curve.shape[0]}: the steps are too large for this model and layer; lower lr (the original recipes' "
+            "step sizes were tuned for the models of the original code)")
+    return curve

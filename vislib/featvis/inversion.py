@@ -9,8 +9,20 @@ import torch
 from torch import nn
 
 from vislib.errors import ConfigError
-from vislib.featvis.base import FeatVisMethod, FeatVisResult, check_images, register
+from vislib.featvis.base import (
+    INIT_KINDS,
+    RECIPE_HELP,
+    RECIPES,
+    FeatVisMethod,
+    FeatVisResult,
+    check_images,
+    check_init_range,
+    draw_start,
+    register,
+    start_from_draws,
+)
 from vislib.featvis.engine import (
+    PLAIN_SETTINGS,
     EngineSettings,
     optimize,
     probe_layer,
@@ -25,22 +37,41 @@ from vislib.methods.hooks import frozen_model
 from vislib.models.registry import preprocessing_of, resolve_layer
 from vislib.params import param, with_defaults
 
+INVERSION_ORIGINAL = {
+    **PLAIN_SETTINGS, "init": "normal", "init_std": 0.1, "optimizer": "sgd", "lr": 1e4, "momentum": 0.9,
+    "weight_decay": 0.0, "lr_decay_every": 40, "lr_decay_factor": 0.1, "iterations": 201, "feature_weight": 0.1,
+    "alpha": 6.0, "alpha_weight": 1e-7, "tv_beta": 2.0, "tv_weight": 1e-8, "penalty_reduction": "sum",
+    "projection": "none",
+}
+"""inverted_representation.py: SGD(lr 1e4, momentum 0.9) on 0.1 N(0,1) in normalised space for 201 steps, lr / 10
+after step 0 and every 40; 0.1 distance + 1e-7 sum x^6 + 1e-8 TV sum (over H and W here, see docs)."""
+
 
 @register
 class Inversion(FeatVisMethod):
-    """Inversion: min ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + alpha-norm + total variation (over H and W)."""
+    """Inversion: min w ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + alpha-norm + total variation (over H and W)."""
 
     name = "inversion"
     unit_source = "images"
+    recipes = {"original": INVERSION_ORIGINAL}
+
     @dataclass(frozen=True)
     class _Params(EngineSettings):
-        init_std: float = param(0.1, "std of the grey start noise", minimum=0)
+        recipe: str = param("regularized", RECIPE_HELP, choices=RECIPES)
+        feature_weight: float = param(1.0, "weight w of the normalised feature distance", exclusive_minimum=0)
+        init: str = param("grey", "start image: grey + init_std noise, 8-bit uniform noise in init_range, or "
+                                  "init_std noise as the normalised image", choices=INIT_KINDS)
+        init_std: float = param(0.1, "std of the grey (or normalised) start noise", minimum=0)
+        init_range: list[float] = param([0.0, 255.0], "[low, high) of the uniform start's 8-bit pixel values")
         seed: int = param(0, "seed of the start noise and the jitter")
 
     Params = with_defaults(
         _Params, iterations=100, lr=0.02, lr_end=0.002, optimizer="normalized", grad_pyramid=4, decorrelate=True,
         tv_weight=10.0, tv_beta=2.0, alpha_weight=1e-5, alpha=6.0,
     )
+
+    def validate(self) -> None:
+        check_init_range(self.params["init_range"], self.name)
 
     def generate(self, model: nn.Module, layer: str | None, units: Sequence[int] | torch.Tensor | None = None,
                  images: torch.Tensor | None = None) -> FeatVisResult:
@@ -54,8 +85,9 @@ class Inversion(FeatVisMethod):
         device = next(model.parameters()).device
         images = check_images(images, self.name).to(device)
         generator = torch.Generator().manual_seed(self.params["seed"])
-        init = (0.5 + self.params["init_std"] * torch.randn(images.shape, generator=generator)).clamp(0, 1)
-        init = init.to(device)
+        kind = self.params["init"]
+        init = start_from_draws(kind, draw_start(kind, images.shape, generator), self.params["init_std"],
+                                self.params["init_range"], preprocessing).to(device)
         targets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         sample = preprocessing.normalize(images[:1])
@@ -78,7 +110,9 @@ class Inversion(FeatVisMethod):
                     target, norm = targets[size]
                     return (features(normalised) - target).pow(2).sum(1) / norm
 
-                result, curve = optimize(model, distance, init, settings_from(self.params), self.params["seed"])
+                weight = self.params["feature_weight"]
+                result, curve = optimize(model, lambda x: weight * distance(x), init, settings_from(self.params),
+                                         self.params["seed"])
                 with torch.no_grad():
                     start = distance(preprocessing.normalize(init)).float().cpu()
                     end = distance(preprocessing.normalize(result)).float().cpu()

@@ -14,7 +14,7 @@ from vislib.io import load_shard, provenance
 from vislib.methods import get as get_method
 from vislib.methods import to_display_maps
 from vislib.metrics import target_boxes
-from vislib.pipeline import resolve_device
+from vislib.pipeline import load_model, resolve_device
 
 
 def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, summary_html: str,
@@ -38,7 +38,7 @@ def figure_grid(*, heatmaps: list[str], methods: dict[str, tuple[str, dict[str, 
 
     shards = [load_shard(p) for p in heatmaps]
     ids = [int(i) for i in shards[0].image_ids[:n_images]]
-    preprocessing = models.preprocessing_of(models.load(model["arch"], "random", num_classes=model.get("num_classes")))
+    preprocessing = models.preprocessing_of(load_model(model, "cpu"))
     ds = dataset.open()
     batch = ds.load_batch(ids, preprocessing)
     size = preprocessing.input_size

@@ -17,7 +17,7 @@ from vislib.errors import ConfigError, DataError, ImageDecodeError
 from vislib.featvis.base import get
 from vislib.featvis.units import CLASS_LAYER, random_crops, unit_list
 from vislib.io import FeatVisShard, load_featvis_shard, read_image_list, save_featvis_shard
-from vislib.models import preprocessing_of
+from vislib.models import ModelSpec, preprocessing_of
 from vislib.pipeline import load_model
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def featvis(*, label: str, method: tuple[str, dict[str, Any]], model: dict[str, 
         image_ids = np.full(len(result.images), -1, np.int64)
     seconds = time.perf_counter() - begin
     extras.update({k: v.cpu().numpy() for k, v in result.extras.items()})
-    log.info("%s (%s) on %s %s: %d images in %.2f s", label, method[0], model["arch"], layer,
+    log.info("%s (%s) on %s %s: %d images in %.2f s", label, method[0], ModelSpec.from_config(model).name, layer,
              len(result.images), seconds)
     shard_out = FeatVisShard(method=label, layer=layer, images=result.images.numpy(),
                              units=result.units.numpy(), labels=result.labels,

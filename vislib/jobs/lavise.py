@@ -14,13 +14,15 @@ import pandas as pd
 import pyarrow as pa
 
 from vislib.data import DatasetRef
-from vislib.io import provenance, read_image_list, write_parquet, write_text
+from vislib.data.vg import objects_json
+from vislib.io import provenance, read_image_list, write_json, write_parquet, write_text
 from vislib.lavise.embeddings import DISTRACTORS, WordEmbeddings, load_glove, seeded_embeddings, write_glove
 from vislib.lavise.features import cache_features
 from vislib.lavise.infer import FilterAnalysis, analyze_filters, explain_filters, filter_figure, recall_at_k
 from vislib.lavise.settings import BASELINES, TRAIN_KEYS, subset
-from vislib.lavise.targets import ConceptTargets, coco_targets, concept_words
+from vislib.lavise.targets import ConceptTargets, coco_targets, concept_words, merge_targets
 from vislib.lavise.train import train_explainer
+from vislib.lavise.vg import preprocess_vg, vg_split_targets
 from vislib.pipeline import load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -47,18 +49,51 @@ def _only(targets: ConceptTargets, image_ids: Sequence[int] | None, limit: int |
     return dataclasses.replace(targets, images=images)
 
 
+def lavise_vg_concepts(*, root: str | os.PathLike, embeddings: str, settings: dict[str, Any],
+                       out: str | os.PathLike, stats_out: str | os.PathLike) -> dict:
+    """`concepts: first_token`: VG's raw objects.json as the reproduction preprocesses it (first word of every
+    synset's lemma, tokens not in the word table dropped, tokens under `min_token_count` `token_count_by` dropped,
+    boxes grouped per token per image), written as JSON with its counts beside it."""
+    stats = preprocess_vg(objects_json(root), out, load_glove(embeddings), min_count=settings["min_token_count"],
+                          count_by=settings["token_count_by"], all_synsets=True)
+    write_json(stats_out, stats)
+    log.info("VG tokens: %d images, %d categories (%d dropped), at most %d per image", stats["images"],
+             stats["categories"], stats["dropped_categories"], stats["max_categories_per_image"])
+    return stats
+
+
+def _split_targets(dataset: DatasetRef, split: str, table: WordEmbeddings, settings: dict[str, Any],
+                   vg_concepts: str | None) -> ConceptTargets:
+    if settings["concepts"] == "first_token":
+        if vg_concepts is None:
+            raise ValueError("concepts 'first_token' needs the preprocessed VG tokens (rule lavise_vg_concepts)")
+        return vg_split_targets(vg_concepts, dataset.root, split, table)
+    return coco_targets(dataset.root, split, table, attributes=settings["attributes"])
+
+
 def lavise_features(*, model: dict[str, Any], layer: str, dataset: DatasetRef, settings: dict[str, Any],
-                    image_list: str, embeddings: str, device: str, out_dir: str) -> None:
-    """Cache the layer's features of the training images (`train/`) and of the listed reference images
-    (`reference/`, the experiment's image list)."""
+                    image_list: str, embeddings: str, device: str, out_dir: str,
+                    vg_concepts: str | None = None) -> None:
+    """Cache the layer's features of the training images (`train/`) and of the reference images (`reference/`:
+    the experiment's image list, or with `reference: all` every image of the train split and the experiment's
+    split). Concept tokens, resize protocol and mask mode follow the settings (`concepts`, `resize`, `masks`)."""
     table = load_glove(embeddings)
     net = load_model(model, device)
-    train = _only(coco_targets(dataset.root, settings["train_split"], table), None, settings["train_images"])
-    reference = _only(coco_targets(dataset.root, dataset.split, table), read_image_list(image_list), None)
+    train = _only(_split_targets(dataset, settings["train_split"], table, settings, vg_concepts), None,
+                  settings["train_images"])
+    if settings["reference"] == "all":
+        splits = list(dict.fromkeys([settings["train_split"], dataset.split]))
+        reference = merge_targets([_split_targets(dataset, s, table, settings, vg_concepts) for s in splits],
+                                  f"{dataset.name} splits {splits}")
+    else:
+        reference = _only(_split_targets(dataset, dataset.split, table, settings, vg_concepts),
+                          read_image_list(image_list), None)
     for name, targets in (("train", train), ("reference", reference)):
         cache = cache_features(net, layer, targets, Path(out_dir) / name, batch_size=settings["feature_batch_size"],
-                               device=resolve_device(device))
-        log.info("%s: %d images, %d items", name, cache.meta["images"], cache.meta["items"])
+                               device=resolve_device(device), resize=settings["resize"],
+                               mask_mode=settings["masks"])
+        log.info("%s: %d images, %d items (%d objects cut off by the crop)", name, cache.meta["images"],
+                 cache.meta["items"], cache.meta["outside_crop"])
 
 
 def partial_checkpoint(checkpoint: str | os.PathLike) -> Path:
@@ -68,8 +103,9 @@ def partial_checkpoint(checkpoint: str | os.PathLike) -> Path:
 
 
 def lavise_train(*, features_dir: str, embeddings: str, settings: dict[str, Any], device: str, checkpoint: str,
-                 history: str) -> pd.DataFrame:
+                 history: str, model: dict[str, Any] | None = None) -> pd.DataFrame:
     """Train the explainer on the cached training features; resume an interrupted run of the same settings.
+    With `augment`, the backbone (`model`) runs on augmented training images every epoch instead.
 
     The workflow deletes a job's outputs before it runs, so the per-epoch checkpoint lives beside the
     output and is moved onto it only when every epoch is done.
@@ -77,8 +113,13 @@ def lavise_train(*, features_dir: str, embeddings: str, settings: dict[str, Any]
     partial = partial_checkpoint(checkpoint)
     if partial.exists():
         log.info("resuming from %s", partial)
+    extra: dict[str, Any] = {}
+    if settings["augment"]:
+        if model is None:
+            raise ValueError("lavise augment needs the model spec to run the backbone")
+        extra = {"backbone": load_model(model, device), "image_batch": settings.get("feature_batch_size", 64)}
     curve = train_explainer(Path(features_dir) / "train", embeddings, partial, device=resolve_device(device),
-                            log_path=history, resume=True, **subset(settings, TRAIN_KEYS))
+                            log_path=history, resume=True, **subset(settings, TRAIN_KEYS), **extra)
     os.replace(partial, checkpoint)
     log.info("trained %d epochs; last: %s", len(curve), curve.iloc[-1].to_dict())
     return curve

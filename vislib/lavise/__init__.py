@@ -1,6 +1,7 @@
 """LaViSE: train a visual-semantic explainer on a layer's features and name what each filter detects.
 
-Pipeline: concept targets (`coco_targets`, `vg_targets`) -> `cache_features` (backbone run once) ->
+Pipeline: concept targets (`coco_targets`, `vg_targets`, `vg_split_targets`) -> `cache_features` (backbone run
+once; `AugmentedItemReader` runs it every epoch on augmented images instead) ->
 `train_explainer` -> `analyze_filters` -> `explain_filters` / `recall_at_k` / `filter_figure`.
 """
 
@@ -13,10 +14,13 @@ from vislib.lavise.embeddings import (
     write_seeded_embeddings,
 )
 from vislib.lavise.features import (
+    MASK_MODES,
+    AugmentedItemReader,
     FeatureCache,
     FeatureShard,
     ItemReader,
     cache_features,
+    grid_masks,
     pool_features,
 )
 from vislib.lavise.infer import (
@@ -37,6 +41,7 @@ from vislib.lavise.targets import (
     ImageConcepts,
     coco_targets,
     concept_words,
+    merge_targets,
     split_category,
 )
 from vislib.lavise.train import (
@@ -46,11 +51,13 @@ from vislib.lavise.train import (
     topk_accuracy,
     train_explainer,
 )
-from vislib.lavise.vg import preprocess_vg, synset_token, vg_targets
+from vislib.lavise.vg import preprocess_vg, synset_token, vg_split_targets, vg_targets
 
 __all__ = [
     "DISTRACTORS",
     "INPUT_METHODS",
+    "MASK_MODES",
+    "AugmentedItemReader",
     "ConceptObject",
     "ConceptTargets",
     "Explainer",
@@ -69,9 +76,11 @@ __all__ = [
     "csmr_loss",
     "explain_filters",
     "filter_figure",
+    "grid_masks",
     "load_explainer",
     "load_glove",
     "mask_iou",
+    "merge_targets",
     "pool_features",
     "preprocess_vg",
     "recall_at_k",
@@ -81,6 +90,7 @@ __all__ = [
     "synset_token",
     "topk_accuracy",
     "train_explainer",
+    "vg_split_targets",
     "vg_targets",
     "write_glove",
     "write_seeded_embeddings",

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vislib.data.dataset import read_image, to_input
-from vislib.errors import DataError, ImageDecodeError
+from vislib.data.dataset import RESIZE_PROTOCOLS, read_image, to_input
+from vislib.errors import ConfigError, DataError, ImageDecodeError
 from vislib.io import atomic_path, write_json
 from vislib.lavise.targets import ConceptTargets
 from vislib.methods.hooks import capture_layer, frozen_model
@@ -26,6 +26,18 @@ from vislib.models.registry import preprocessing_of
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+
+MASK_MODES = ("coverage", "nearest")
+"""How an object's region becomes a mask on the layer's h x w grid (`lavise.masks`):
+
+- `coverage` (vislib's): the fraction of each cell the region covers, from the region at input resolution; an
+  object smaller than a cell keeps a small weight instead of vanishing. Recall compares the region at input
+  resolution.
+- `nearest` (the original's and the reproduction's): the input-resolution region resized to h x w with nearest
+  neighbour (PIL's NEAREST, which samples each cell's centre pixel: torch's `nearest-exact`), so a mask is 0/1
+  and an object that misses every cell centre vanishes. Recall upsamples that h x w mask back to the input
+  with nearest neighbour (the reproduction's `calculate_recall`).
+"""
 
 
 @dataclass
@@ -60,13 +72,40 @@ def pool_features(features: torch.Tensor, pool_size: tuple[int, int]) -> torch.T
     return F.adaptive_avg_pool2d(features, pool_size).flatten(1)
 
 
-def _load_images(targets: ConceptTargets, indices: range, size: int) -> tuple[list[torch.Tensor], list[int],
-                                                                            dict[int, str]]:
+def check_mask_mode(mode: str) -> None:
+    """Reject a mask mode that is not one of MASK_MODES."""
+    if mode not in MASK_MODES:
+        raise ConfigError(f"lavise mask mode {mode!r} is not known; use one of {list(MASK_MODES)}")
+
+
+def grid_masks(masks: torch.Tensor, grid: tuple[int, int], mode: str = "coverage") -> torch.Tensor:
+    """[K,S,S] region masks at input resolution -> float [K,h,w] masks on the layer's grid (see MASK_MODES)."""
+    check_mask_mode(mode)
+    x = masks.float()[None]
+    if mode == "coverage":
+        return F.adaptive_avg_pool2d(x, grid)[0]
+    # PIL's NEAREST (the original's transforms.Resize) samples the source pixel under each output cell's centre.
+    return F.interpolate(x, size=grid, mode="nearest-exact")[0]
+
+
+def recall_masks(masks: np.ndarray, grid: tuple[int, int], mode: str = "coverage") -> np.ndarray:
+    """The region masks [K,S,S] recall compares with a filter's region: as they are (`coverage`), or their h x w
+    `nearest` masks upsampled back to S x S with nearest neighbour, as the reproduction scores recall."""
+    check_mask_mode(mode)
+    if mode == "coverage" or not len(masks):
+        return masks
+    size = masks.shape[-2:]
+    small = grid_masks(torch.from_numpy(masks), grid, "nearest")
+    return F.interpolate(small[None], size=tuple(size), mode="nearest")[0].numpy() > 0.5
+
+
+def _load_images(targets: ConceptTargets, indices: range, size: int,
+                 resize: str = "stretch") -> tuple[list[torch.Tensor], list[int], dict[int, str]]:
     tensors, kept, failed = [], [], {}
     for i in indices:
         img = targets.images[i]
         try:
-            tensors.append(to_input(read_image(img.path), size))
+            tensors.append(to_input(read_image(img.path), size, resize))
             kept.append(i)
         except ImageDecodeError as exc:
             failed[img.image_id] = str(exc)
@@ -83,8 +122,17 @@ class _ShardEntry(TypedDict):
 
 def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_dir: str | os.PathLike,
                    batch_size: int = 64, shard_size: int = 1024, pool_size: tuple[int, int] | None = None,
-                   device: str | torch.device = "cpu") -> FeatureCache:
-    """Run the backbone once over every image of `targets`; write float16 shards, masks and meta.json."""
+                   device: str | torch.device = "cpu", resize: str = "stretch",
+                   mask_mode: str = "coverage") -> FeatureCache:
+    """Run the backbone once over every image of `targets`; write float16 shards, masks and meta.json.
+
+    Images become model inputs by resize protocol `resize` (`stretch`, or `crop` = Resize(256) + CenterCrop(224)
+    scaled to the input size); object regions take the same geometry, then become grid masks by `mask_mode`
+    (MASK_MODES). An object the crop cuts off entirely is no item (counted in meta.json as `outside_crop`).
+    """
+    if resize not in RESIZE_PROTOCOLS:
+        raise ConfigError(f"lavise resize protocol {resize!r} is not known; use one of {list(RESIZE_PROTOCOLS)}")
+    check_mask_mode(mask_mode)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
@@ -96,6 +144,7 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
     shards: list[_ShardEntry] = []
     failed: dict[int, str] = {}
     shape: tuple[int, int, int] | None = None
+    outside_crop = 0
     with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
         for shard_start in range(0, len(targets.images), shard_size):
             rows: list[torch.Tensor] = []
@@ -103,7 +152,7 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
             item_row, item_masks, item_targets = [], [], []
             shard_end = min(shard_start + shard_size, len(targets.images))
             for b in range(shard_start, shard_end, batch_size):
-                tensors, kept, bad = _load_images(targets, range(b, min(b + batch_size, shard_end)), size)
+                tensors, kept, bad = _load_images(targets, range(b, min(b + batch_size, shard_end)), size, resize)
                 failed.update(bad)
                 if not tensors:
                     continue
@@ -112,13 +161,14 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
                 channels, height, width = act.shape[1:]
                 shape = (channels, height, width)
                 for j, i in enumerate(kept):
-                    masks = targets.masks(i, size)
-                    if len(masks):
-                        # Coverage fractions keep objects smaller than one cell from vanishing.
-                        cover = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[None], (height, width))[0]
-                        item_masks.append(cover)
-                        item_targets.append(torch.from_numpy(targets.target_matrix(i)))
-                        item_row += [len(image_index) + j] * len(masks)
+                    masks = targets.masks(i, size, resize)
+                    # Under `stretch` every object stays (as before); a crop can cut an object off entirely.
+                    inside = masks.any(axis=(1, 2)) if resize != "stretch" else np.ones(len(masks), bool)
+                    outside_crop += int((~inside).sum())
+                    if inside.any():
+                        item_masks.append(grid_masks(torch.from_numpy(masks[inside]), (height, width), mask_mode))
+                        item_targets.append(torch.from_numpy(targets.target_matrix(i)[inside]))
+                        item_row += [len(image_index) + j] * int(inside.sum())
                 image_index += kept
                 rows.append(act.half())
             if not rows or shape is None:  # `shape` is set with the first non-empty batch, as `rows` is
@@ -143,7 +193,8 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
     meta = {
         "format": CACHE_FORMAT, "model": getattr(model, "vislib_name", type(model).__name__), "layer": layer,
         "channels": shape[0], "height": shape[1], "width": shape[2], "input_size": size,
-        "pool_size": list(pool_size), "vocabulary": targets.vocabulary, "source": targets.source,
+        "resize": resize, "masks": mask_mode, "outside_crop": outside_crop, "pool_size": list(pool_size),
+        "vocabulary": targets.vocabulary, "source": targets.source,
         "images": sum(s["images"] for s in shards), "items": sum(s["items"] for s in shards),
         "shards": shards, "failed": failed, "seconds": time.perf_counter() - start,
     }
@@ -176,6 +227,16 @@ class FeatureCache:
     def pool_size(self) -> tuple[int, int]:
         """Pooled grid the explainer sees."""
         return tuple(self.meta["pool_size"])
+
+    @property
+    def resize(self) -> str:
+        """Resize protocol the images were read with (caches written before it was recorded: `stretch`)."""
+        return self.meta.get("resize", "stretch")
+
+    @property
+    def mask_mode(self) -> str:
+        """How object regions became grid masks (MASK_MODES; older caches: `coverage`)."""
+        return self.meta.get("masks", "coverage")
 
     @property
     def in_features(self) -> int:
@@ -279,6 +340,118 @@ class ItemReader:
             full = len(x) // batch_size * batch_size
             for s in range(0, full, batch_size):
                 yield x[s:s + batch_size], t[s:s + batch_size]
+            carry_x, carry_t = x[full:], t[full:]
+        if len(carry_x):
+            yield carry_x, carry_t
+
+
+def augmentation(size: int):  # -> torchvision.transforms.v2.Compose (torchvision is imported only when asked)
+    """The original's COCO training augmentation in `torchvision.transforms.v2`: RandomResizedCrop(size) (scale
+    0.08-1, ratio 3/4-4/3, bilinear with antialias) then RandomHorizontalFlip(0.5). Given a `tv_tensors.Mask`
+    with the image, the masks get the same crop and flip (nearest neighbour), so they move with the pixels;
+    the original crops the image at random but centre-crops its masks, which then no longer cover their objects.
+    Draws come from torch's global generator."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def augment_image(pixels: np.ndarray, masks: np.ndarray, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [H,W,3] pixels and bool [K,H,W] object masks through one draw of `transform`: float [3,S,S] in [0,1]
+    and bool [K,S,S]."""
+    from torchvision import tv_tensors
+
+    image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1))
+    mask = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)))
+    out_image, out_mask = transform(image, mask)
+    return out_image.float().div(255.0), out_mask.bool()
+
+
+class AugmentedItemReader:
+    """Batches of (explainer input, multi-hot target) for training with augmentation (`lavise.augment`): every
+    epoch each training image is read, cropped and flipped at random with its object masks (`augmentation`),
+    and the backbone runs on it again, as the original trains on COCO. Only the cache's targets and geometry
+    are used, not its features; the cost is one backbone pass per training image and epoch.
+
+    Objects the random crop cuts off entirely are no item in that epoch. Masks become grid masks by the cache's
+    mask mode.
+    """
+
+    def __init__(self, cache: FeatureCache, model: nn.Module, images: np.ndarray | None = None,
+                 concepts: np.ndarray | None = None, device: str | torch.device = "cpu",
+                 image_batch: int = 64) -> None:
+        self.cache = cache
+        self.targets = cache.targets()
+        self.model = model.to(device)
+        self.device = torch.device(device)
+        self.layer = cache.meta["layer"]
+        self.grid = (int(cache.meta["height"]), int(cache.meta["width"]))
+        self.prep = preprocessing_of(model)
+        if self.prep.input_size != cache.meta["input_size"]:
+            raise ConfigError(f"the model's input size {self.prep.input_size} is not the feature cache's "
+                              f"{cache.meta['input_size']}; train with the model the cache was made with")
+        self.transform = augmentation(self.prep.input_size)
+        positions = cache.image_index() if images is None else np.asarray(images, dtype=np.int64)
+        self.images = np.array([int(i) for i in positions if self.targets.images[int(i)].objects], dtype=np.int64)
+        self.concepts = None if concepts is None else torch.as_tensor(concepts, dtype=torch.long)
+        self.image_batch = image_batch
+        self.failed: dict[int, str] = {}
+
+    def _read(self, position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        img = self.targets.images[position]
+        try:
+            pixels = read_image(img.path)
+        except ImageDecodeError as exc:
+            self.failed[img.image_id] = str(exc)
+            return None
+        if pixels.shape[:2] != (img.height, img.width):
+            self.failed[img.image_id] = (f"decoded size {pixels.shape[1]}x{pixels.shape[0]} is not the annotated "
+                                         f"{img.width}x{img.height}")
+            return None
+        image, regions = augment_image(pixels, self.targets.full_masks(position), self.transform)
+        targets = torch.from_numpy(self.targets.target_matrix(position))
+        if self.concepts is not None:
+            targets = targets[:, self.concepts]
+        keep = regions.flatten(1).any(1) & targets.any(1)
+        return image, regions[keep], targets[keep]
+
+    def _items(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        read = [r for r in (self._read(int(i)) for i in positions) if r is not None]
+        if not read:
+            return torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
+        images = self.prep.normalize(torch.stack([r[0] for r in read])).to(self.device)
+        with frozen_model(self.model), capture_layer(self.model, self.layer) as capture, torch.no_grad():
+            self.model(images)
+            act = capture.spatial(self.layer, "lavise").float()
+        xs, ts = [], []
+        for j, (_, regions, targets) in enumerate(read):
+            if len(regions):
+                masks = grid_masks(regions.to(self.device), self.grid, self.cache.mask_mode)
+                xs.append(pool_features(act[j:j + 1] * masks[:, None], self.cache.pool_size).cpu())
+                ts.append(targets)
+        if not xs:
+            return torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
+        return torch.cat(xs), torch.cat(ts)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of batches over freshly augmented images; image order and items are shuffled with
+        `generator`, the crops and flips drawn from torch's global generator."""
+        order = (self.images[torch.randperm(len(self.images), generator=generator).numpy()] if shuffle
+                 else self.images)
+        carry_x, carry_t = torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
+        for s in range(0, len(order), self.image_batch):
+            x, t = self._items(order[s:s + self.image_batch])
+            if not len(x):
+                continue
+            if shuffle:
+                perm = torch.randperm(len(x), generator=generator)
+                x, t = x[perm], t[perm]
+            if len(carry_x):
+                x, t = torch.cat([carry_x, x]), torch.cat([carry_t, t])
+            full = len(x) // batch_size * batch_size
+            for b in range(0, full, batch_size):
+                yield x[b:b + batch_size], t[b:b + batch_size]
             carry_x, carry_t = x[full:], t[full:]
         if len(carry_x):
             yield carry_x, carry_t

@@ -19,7 +19,7 @@ from vislib.data.dataset import read_image, to_input
 from vislib.errors import ConfigError, DataError
 from vislib.io import atomic_path
 from vislib.lavise.embeddings import WordEmbeddings, load_glove
-from vislib.lavise.features import FeatureCache, pool_features
+from vislib.lavise.features import FeatureCache, pool_features, recall_masks
 from vislib.lavise.train import load_explainer
 from vislib.methods.hooks import capture_layer, frozen_model
 from vislib.models.registry import preprocessing_of
@@ -160,7 +160,8 @@ def _masked_image_features(model: nn.Module, layer: str, cache: FeatureCache, im
     """Re-run the backbone on images whose pixels outside `keep` [b,S,S] are set to the mean colour."""
     prep = preprocessing_of(model)
     targets = cache.targets()
-    pixels = torch.stack([to_input(read_image(targets.images[int(i)].path), prep.input_size) for i in image_pos])
+    pixels = torch.stack([to_input(read_image(targets.images[int(i)].path), prep.input_size, cache.resize)
+                          for i in image_pos])
     # Zero in normalised space is the dataset mean colour, the neutral value for the network.
     images = prep.normalize(pixels) * keep[:, None].to(pixels.dtype)
     with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
@@ -245,10 +246,11 @@ def analyze_filters(feature_dir: str | os.PathLike, checkpoint: str | os.PathLik
     truths, mask_memo = [], {}
     regions = (F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
                > thr[:, None, None])
+    grid = (int(cache.meta["height"]), int(cache.meta["width"]))
     for k, row in enumerate(pair_row):
         image = int(image_index[row])
         if image not in mask_memo:
-            mask_memo[image] = targets.masks(image, size)
+            mask_memo[image] = recall_masks(targets.masks(image, size, cache.resize), grid, cache.mask_mode)
         tokens = [obj.tokens for obj in targets.images[image].objects]
         truths.append(sorted(concepts_in_region(regions[k].numpy(), mask_memo[image], tokens, iou_threshold)))
     word_idx = torch.cat(words_idx).numpy() if words_idx else np.zeros((0, n_top), np.int64)
@@ -352,8 +354,9 @@ def filter_figure(analysis: FilterAnalysis, out_path: str | os.PathLike, filters
     if missing:
         raise ConfigError(f"filters {missing} were not analysed; pick from {analysis.filters}")
     words = explain_filters(analysis, s=s, n_words=n_words)
-    targets = FeatureCache(analysis.feature_dir).targets()
-    size = int(FeatureCache(analysis.feature_dir).meta["input_size"])
+    cache = FeatureCache(analysis.feature_dir)
+    targets = cache.targets()
+    size = int(cache.meta["input_size"])
     fig = Figure(figsize=(1.7 * (n_images + 1.6), 1.8 * max(len(filters), 1)))
     grid = fig.add_gridspec(max(len(filters), 1), n_images + 1, width_ratios=[1] * n_images + [1.6])
     for r, u in enumerate(filters):
@@ -367,7 +370,7 @@ def filter_figure(analysis: FilterAnalysis, out_path: str | os.PathLike, filters
                 ax.axis("off")
                 continue
             k = picks[c]
-            pixels = to_input(read_image(targets.images[int(analysis.pair_image[k])].path), size)
+            pixels = to_input(read_image(targets.images[int(analysis.pair_image[k])].path), size, cache.resize)
             heat = F.interpolate(torch.from_numpy(analysis.pair_maps[k])[None, None], size=(size, size),
                                  mode="bilinear", align_corners=False)[0, 0].numpy()
             ax.imshow(pixels.permute(1, 2, 0).numpy())

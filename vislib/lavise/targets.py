@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from vislib.data.cocoformat import decode_mask, read_coco_split
+from vislib.data.dataset import Geometry, input_geometry
 from vislib.errors import DataError
 from vislib.io import write_json
 from vislib.lavise.embeddings import WordEmbeddings
@@ -64,12 +65,25 @@ class ConceptTargets:
             matrix[k, [lookup[t] for t in obj.tokens]] = True
         return matrix
 
-    def masks(self, image_index: int, size: int) -> np.ndarray:
-        """Bool [K,size,size] region of each object after the stretch resize to a square model input."""
+    def masks(self, image_index: int, size: int, resize: str = "stretch") -> np.ndarray:
+        """Bool [K,size,size] region of each object in the square model input that resize protocol `resize`
+        (`vislib.data.dataset.RESIZE_PROTOCOLS`) makes of the image; under the crop protocols a region moves
+        with the pixels and is empty where the crop cut its object off."""
         img = self.images[image_index]
+        geometry = input_geometry(img.width, img.height, size, resize)
         out = np.zeros((len(img.objects), size, size), dtype=bool)
         for k, obj in enumerate(img.objects):
-            out[k] = _rasterize(obj, img.width, img.height, size)
+            full = _rasterize(obj, img.width, img.height, geometry)
+            out[k] = full[geometry.top:geometry.top + size, geometry.left:geometry.left + size]
+        return out
+
+    def full_masks(self, image_index: int) -> np.ndarray:
+        """Bool [K,H,W] region of each object at the image's own resolution (what a random crop starts from)."""
+        img = self.images[image_index]
+        geometry = Geometry(img.height, img.width, 0, 0)
+        out = np.zeros((len(img.objects), img.height, img.width), dtype=bool)
+        for k, obj in enumerate(img.objects):
+            out[k] = _rasterize(obj, img.width, img.height, geometry)
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -93,15 +107,19 @@ def split_category(name: str) -> list[str]:
     return name.lower().replace("_", " ").replace("-", " ").split()
 
 
-def _rasterize(obj: ConceptObject, width: int, height: int, size: int) -> np.ndarray:
-    sx, sy = size / width, size / height
+def _rasterize(obj: ConceptObject, width: int, height: int, geometry: Geometry) -> np.ndarray:
+    """Bool [geometry.height, geometry.width]: the object's region in the resized (not yet cropped) image."""
+    out_h, out_w = geometry.height, geometry.width
+    sx, sy = out_w / width, out_h / height
     seg = obj.segmentation
     if isinstance(seg, dict):
         full = decode_mask(seg).astype(np.float32)
-        resized = F.interpolate(torch.from_numpy(full)[None, None], size=(size, size), mode="nearest")
+        if full.shape == (out_h, out_w):
+            return full > 0.5
+        resized = F.interpolate(torch.from_numpy(full)[None, None], size=(out_h, out_w), mode="nearest")
         return resized[0, 0].numpy() > 0.5
     # Rows are y and columns are x: a [W,H] canvas indexed [y,x] is the forks' transposition bug.
-    canvas = Image.new("L", (size, size), 0)
+    canvas = Image.new("L", (out_w, out_h), 0)
     draw = ImageDraw.Draw(canvas)
     if isinstance(seg, list) and seg:
         for polygon in seg:
@@ -109,12 +127,12 @@ def _rasterize(obj: ConceptObject, width: int, height: int, size: int) -> np.nda
             if len(points) >= 3:
                 draw.polygon(points, fill=255)
         return np.asarray(canvas) > 127
-    mask = np.zeros((size, size), dtype=bool)
+    mask = np.zeros((out_h, out_w), dtype=bool)
     for x0, y0, x1, y1 in obj.boxes:
         # Floor/ceil so a box smaller than a pixel of the input still covers one pixel.
         c0, c1 = int(np.floor(x0 * sx)), int(np.ceil(x1 * sx))
         r0, r1 = int(np.floor(y0 * sy)), int(np.ceil(y1 * sy))
-        mask[max(r0, 0):min(max(r1, r0 + 1), size), max(c0, 0):min(max(c1, c0 + 1), size)] = True
+        mask[max(r0, 0):min(max(r1, r0 + 1), out_h), max(c0, 0):min(max(c1, c0 + 1), out_w)] = True
     return mask
 
 
@@ -151,6 +169,18 @@ def finish_targets(images: list[ImageConcepts], source: str, tokens: TokenFilter
         )
     return ConceptTargets(vocabulary, images, source, dict(sorted(tokens.skipped.items())),
                           tokens.dropped_objects)
+
+
+def merge_targets(parts: Sequence[ConceptTargets], source: str) -> ConceptTargets:
+    """One target set of the images of all `parts` (e.g. a dataset's train and val splits), in order, over the
+    union of their vocabularies. Images are told apart by position (splits of some datasets reuse image ids)."""
+    images = [img for part in parts for img in part.images]
+    skipped: Counter[str] = Counter()
+    for part in parts:
+        skipped.update(part.skipped_words)
+    vocabulary = sorted({w for part in parts for w in part.vocabulary})
+    return ConceptTargets(vocabulary, images, source, dict(sorted(skipped.items())),
+                          sum(part.dropped_objects for part in parts))
 
 
 def coco_targets(root: str | os.PathLike, split: str, embeddings: WordEmbeddings,

@@ -13,17 +13,49 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vislib.errors import ConfigError, VislibError
 from vislib.io import atomic_path
 from vislib.lavise.embeddings import WordEmbeddings, load_glove
-from vislib.lavise.features import FeatureCache, ItemReader
+from vislib.lavise.features import AugmentedItemReader, FeatureCache, ItemReader
 from vislib.lavise.model import Explainer
 from vislib.runlog import Progress
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "vislib-lavise-explainer-1"
+
+OPTIMIZERS = ("adam", "dadapt_adam")
+"""`lavise.optimizer`: `adam` (the paper's; torch.optim.Adam at `lr`) or `dadapt_adam` (the reproduction's
+learning-rate-free DAdaptAdam, from the optional package `dadaptation`; `lr` is then its multiplier of the
+adapted step, 1.0 in the reproduction)."""
+
+DADAPTATION_PIN = "dadaptation==1.5"
+"""The release whose DAdaptAdam is the file the reproduction vendors (dadapt_adam.py): same update, same defaults
+(later releases change the algorithm, e.g. 3.x adds bias-correction options and a different d estimate)."""
+
+
+def make_optimizer(name: str, parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer `name` (OPTIMIZERS) over `parameters`."""
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "dadapt_adam":
+        try:
+            from dadaptation import DAdaptAdam
+        except ImportError:
+            raise ConfigError("lavise optimizer 'dadapt_adam' needs the optional package dadaptation: "
+                              f"pip install 'vislib[dadapt]' (or pip install {DADAPTATION_PIN})") from None
+        return DAdaptAdam(parameters, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"lavise optimizer {name!r} is not known; use one of {list(OPTIMIZERS)}")
+
+
+def set_bn_eval(model: nn.Module) -> None:
+    """Put every BatchNorm layer of `model` in eval mode (the original's `set_bn_eval`, applied to the whole
+    model, explainer included): they normalise with their running statistics and never update them."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def csmr_loss(pred: torch.Tensor, targets: torch.Tensor, concepts: torch.Tensor,
@@ -63,6 +95,9 @@ class TrainSettings:
     val_fraction: float = 0.1
     seen_fraction: float = 1.0
     seed: int = 0
+    bn_eval: bool = False  # the original keeps the explainer's BatchNorm layers in eval mode
+    optimizer: str = "adam"
+    augment: bool = False  # random crop + flip of every training image, every epoch (the backbone runs again)
 
     def validate(self) -> None:
         """Reject values that cannot train."""
@@ -76,6 +111,8 @@ class TrainSettings:
             raise ConfigError(f"lavise seen_fraction {self.seen_fraction} must be in (0, 1]")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"lavise dropout {self.dropout} must be in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"lavise optimizer {self.optimizer!r} is not known; use one of {list(OPTIMIZERS)}")
 
 
 def _split(cache: FeatureCache, settings: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,6 +167,8 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
                     out_ckpt: str | os.PathLike, epochs: int, batch_size: int = 256, lr: float = 1e-3,
                     weight_decay: float = 0.0, margin: float = 1.0, dropout: float = 0.1,
                     val_fraction: float = 0.1, seen_fraction: float = 1.0, seed: int = 0,
+                    bn_eval: bool = False, optimizer: str = "adam", augment: bool = False,
+                    backbone: nn.Module | None = None, image_batch: int = 64,
                     topk: tuple[int, ...] = (1, 5, 10, 20), device: str | torch.device = "cpu",
                     log_path: str | os.PathLike | None = None, memory_mb: float = 2048.0,
                     resume: bool = True) -> pd.DataFrame:
@@ -137,11 +176,20 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
 
     The checkpoint is rewritten after every epoch; with `resume`, an existing checkpoint of the same
     settings continues the same curve (model, optimizer and RNG states are restored).
+
+    `bn_eval` keeps the explainer's BatchNorm layers in eval mode while training (the original's quirk).
+    `optimizer` is one of OPTIMIZERS. With `augment`, training items come from randomly cropped and flipped
+    images through `backbone` (the model the cache was made with; `image_batch` images per pass) every epoch
+    instead of from the cached features; validation still reads the cache.
     """
-    settings = TrainSettings(batch_size, lr, weight_decay, margin, dropout, val_fraction, seen_fraction, seed)
+    settings = TrainSettings(batch_size, lr, weight_decay, margin, dropout, val_fraction, seen_fraction, seed,
+                             bn_eval, optimizer, augment)
     settings.validate()
     if epochs < 1:
         raise ConfigError(f"lavise epochs {epochs} must be at least 1")
+    if augment and backbone is None:
+        raise ConfigError("lavise augment re-runs the backbone on augmented images every epoch: pass the model "
+                          "the feature cache was made with")
     cache = FeatureCache(feature_dir)
     if isinstance(embeddings, str | os.PathLike):
         embeddings = load_glove(embeddings, keep=cache.vocabulary)
@@ -149,7 +197,12 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
     train_images, val_images, seen = _split(cache, settings)
     concepts = embeddings.vectors_of(cache.vocabulary)[torch.from_numpy(seen)].to(device)
     ks = tuple(k for k in topk if k <= len(seen)) or (1,)
-    train_reader = ItemReader(cache, train_images, seen, memory_mb)
+    train_reader: ItemReader | AugmentedItemReader
+    if augment:
+        assert backbone is not None  # checked above
+        train_reader = AugmentedItemReader(cache, backbone, train_images, seen, device, image_batch)
+    else:
+        train_reader = ItemReader(cache, train_images, seen, memory_mb)
     val_reader = ItemReader(cache, val_images, seen, memory_mb) if len(val_images) else None
     generator = torch.Generator().manual_seed(seed)
     header = {
@@ -157,6 +210,7 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
         "layer": cache.meta["layer"], "vocabulary": cache.vocabulary, "seen": seen.tolist(),
         "in_features": cache.in_features, "embedding_dim": embeddings.dim,
         "pool_size": list(cache.pool_size), "val_images": val_images.tolist(),
+        "resize": cache.resize, "masks": cache.mask_mode,
     }
     out_ckpt = Path(out_ckpt)
     history: list[dict] = []
@@ -165,10 +219,12 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = Explainer(cache.in_features, embeddings.dim, dropout).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
         if resume and out_ckpt.exists():
             state = _load_checkpoint(out_ckpt)
-            stored = {k: state.get(k) for k in header}
+            # Keys added since a checkpoint was written take their defaults, which are what it trained with.
+            stored = {k: state.get(k, {"resize": "stretch", "masks": "coverage"}.get(k)) for k in header}
+            stored["settings"] = {**asdict(TrainSettings()), **(stored["settings"] or {})}
             if stored != header:
                 changed = sorted(k for k in header if stored[k] != header[k] and k != "settings")
                 changed += sorted(k for k in header["settings"]
@@ -176,7 +232,7 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
                 raise ConfigError(f"checkpoint {str(out_ckpt)!r} was trained with other {changed}; delete it "
                                   "to start over or use the settings it was trained with")
             model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
+            opt.load_state_dict(state["optimizer"])
             generator.set_state(state["rng"]["shuffle"])
             torch.set_rng_state(state["rng"]["torch"])
             if devices and state["rng"].get("cuda") is not None:
@@ -187,14 +243,16 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
         for epoch in range(len(history) + 1, epochs + 1):
             start = time.perf_counter()
             model.train()
+            if bn_eval:
+                set_bn_eval(model)
             total, count = 0.0, 0
             for x, t in train_reader.batches(batch_size, generator):
                 if len(x) < 2:
                     continue  # BatchNorm cannot normalise a single item
                 loss = csmr_loss(model(x.to(device)), t.to(device), concepts, margin)
-                optimizer.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                opt.step()
                 total += float(loss.detach()) * len(x)
                 count += len(x)
             if count == 0:
@@ -213,7 +271,7 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
             rng = {"shuffle": generator.get_state(), "torch": torch.get_rng_state(),
                    "cuda": torch.cuda.get_rng_state(device) if devices else None}
             _save(out_ckpt, {**header, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                             "optimizer": optimizer.state_dict(), "rng": rng, "log": history, "best": best})
+                             "optimizer": opt.state_dict(), "rng": rng, "log": history, "best": best})
             if log_path is not None:
                 with atomic_path(log_path) as tmp:
                     pd.DataFrame(history).to_csv(tmp, index=False)

@@ -41,6 +41,11 @@ class AttributionMethod(ABC):
         """Whether this method's maps (with its parameters) carry a sign."""
         return self.signed_maps
 
+    def runs_on_torchscript(self) -> bool:
+        """Whether the method works on a TorchScript model, whose compiled graph runs no hooks and no patched
+        functions: methods that read a layer or change how the model backpropagates need the Python model."""
+        return not self.uses_layer
+
     def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no value checks)
         """Check parameter values beyond their types (override where needed)."""
 

@@ -184,9 +184,13 @@ class CAM(AttributionMethod):
         return Attribution(maps.float(), targets, logits.argmax(1))
 
 
+SCORECAM_SOFTMAX = ("classes", "channels")
+SCORECAM_INIT = ("zeros", "ones")
+
+
 @register
 class ScoreCAM(AttributionMethod):
-    """Score-CAM (Wang et al. 2020): channels weighted by the softmax of masked inputs' target scores."""
+    """Score-CAM (Wang et al. 2020): channels weighted by the target's score on the input masked by each."""
 
     name = "scorecam"
 
@@ -194,6 +198,11 @@ class ScoreCAM(AttributionMethod):
     class Params:
         batch_size: int = param(32, "masked images per forward pass", minimum=1)
         top_channels: int = param(0, "score only the most active channels (0: every channel, exact)", minimum=0)
+        softmax: str = param("classes", "channel weight: the target's probability on the masked input (softmax "
+                             "over classes: the paper, pytorch-cnn-visualizations) or the softmax over channels "
+                             "of its logits (pytorch-grad-cam)", choices=SCORECAM_SOFTMAX)
+        init: str = param("zeros", "value the weighted sum starts from before the ReLU: zeros (the paper) or "
+                          "ones (pytorch-cnn-visualizations)", choices=SCORECAM_INIT)
 
     def _explain(self, model, layer, images, targets) -> Attribution:
         layer = layer_or_default(model, layer, self.name)
@@ -209,9 +218,23 @@ class ScoreCAM(AttributionMethod):
             # scored set's mean weight (dominated by its best channels) would overweight them all.
             fill = scores.amin(dim=1, keepdim=True)
             all_scores = fill.expand(-1, activation.shape[1]).scatter(1, channels, scores)
-            weights = torch.softmax(all_scores, dim=1)
-            maps = torch.relu((weights[:, :, None, None] * activation).sum(1))
+            weights = self.weights(all_scores, activation)
+            cam = (weights[:, :, None, None] * activation).sum(1)
+            maps = torch.relu(cam + 1 if self.params["init"] == "ones" else cam)
         return Attribution(maps.float(), targets, logits.argmax(1))
+
+    def weights(self, scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        """Channel weights [N,C] from the masked scores [N,C] (target probabilities or logits, by `softmax`).
+
+        `classes`: the probabilities themselves, 0 for a constant channel, which the paper's code and
+        pytorch-cnn-visualizations skip (its mask, all zeros after min-max, carries no region).
+        `channels`: their softmax over the channels, as pytorch-grad-cam computes it.
+        """
+        if self.params["softmax"] == "channels":
+            return torch.softmax(scores, dim=1)
+        flat = activation.flatten(2)
+        constant = flat.amax(dim=2) == flat.amin(dim=2)
+        return scores.masked_fill(constant, 0.0)
 
     def _channels(self, activation: torch.Tensor) -> torch.Tensor:
         """Indices [N,k] of the channels to score: all, or the `top_channels` of largest mean absolute activation.
@@ -227,7 +250,8 @@ class ScoreCAM(AttributionMethod):
 
     def _masked_scores(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                        activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-        """Target score [N,k] of each image masked by each of its selected channels (upsampled, normalised)."""
+        """Target score [N,k] of each image masked by each of its selected channels (upsampled, normalised):
+        its probability (`softmax` over classes) or its logit (`softmax` over channels, applied later)."""
         n, k = channels.shape
         rows = torch.arange(n, device=images.device).repeat_interleave(k)
         cols = channels.reshape(-1)
@@ -235,10 +259,13 @@ class ScoreCAM(AttributionMethod):
         height, width = images.shape[-2:]
         size = (height, width)
         step = self.params["batch_size"]
+        probabilities = self.params["softmax"] == "classes"
         # Masks are built per chunk: all N*k of them at image size would not fit in memory.
         for start in range(0, n * k, step):
             r, c = rows[start:start + step], cols[start:start + step]
             masks = normalize_maps(upsample_maps(activation[r, c], size))
-            logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype)))
-            scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0].float()
+            logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype))).float()
+            if probabilities:
+                logits = torch.softmax(logits, dim=1)
+            scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]
         return scores.view(n, k)

@@ -23,9 +23,9 @@ from vislib.methods.base import (
 )
 from vislib.methods.cam import GradCAM, layer_activation_and_grad, layer_or_default
 from vislib.methods.hooks import frozen_model
-from vislib.methods.postprocess import to_image_maps
+from vislib.methods.postprocess import map_quantiles, to_image_maps
 from vislib.models.registry import preprocessing_of
-from vislib.params import param
+from vislib.params import param, with_defaults
 
 
 class InputGradient(NamedTuple):
@@ -104,6 +104,45 @@ def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
             handle.remove()
 
 
+CHANNEL_REDUCTIONS = ("max_abs", "sum_abs_clip99", "signed_sum")
+CLIP_QUANTILE = 0.99
+"""`sum_abs_clip99` caps each map at this quantile of its values (pytorch-cnn-visualizations' grayscale)."""
+
+
+def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:
+    """The map [N,H,W] of a per-pixel attribution [N,3,H,W], by one of CHANNEL_REDUCTIONS.
+
+    - `max_abs`: the largest absolute value over the channels (Simonyan et al. 2014's saliency map).
+    - `sum_abs_clip99`: the sum of absolute values over the channels, capped at each map's 99th
+      percentile; min-max normalised afterwards (`normalize_maps`) it is exactly
+      pytorch-cnn-visualizations' `convert_to_grayscale` (and PAIR saliency's VisualizeImageGrayscale).
+    - `signed_sum`: the sum over the channels, signed.
+    """
+    if how == "max_abs":
+        return attribution.abs().amax(dim=1)
+    if how == "signed_sum":
+        return attribution.sum(dim=1)
+    if how == "sum_abs_clip99":
+        total = attribution.abs().sum(dim=1)
+        cap = map_quantiles(total, CLIP_QUANTILE)
+        return torch.minimum(total, cap[:, :, None])
+    raise ValueError(f"unknown channel reduction {how!r}; expected one of {CHANNEL_REDUCTIONS}")
+
+
+REDUCTION_HELP = ("RGB attribution -> map: max_abs (max |a| over channels), sum_abs_clip99 (sum |a|, capped at "
+                  "the 99th percentile: pytorch-cnn-visualizations' grayscale) or signed_sum")
+
+
+@dataclass(frozen=True)
+class ReductionParams:
+    """The parameter every gradient method shares: how its RGB attribution becomes one map."""
+
+    channel_reduction: str = param("max_abs", REDUCTION_HELP, choices=CHANNEL_REDUCTIONS)
+
+
+SignedSumParams = with_defaults(ReductionParams, channel_reduction="signed_sum")
+
+
 class PixelAttribution(NamedTuple):
     """A per-pixel attribution with the classes it explains."""
 
@@ -116,6 +155,7 @@ class GradientMethod(AttributionMethod):
     """A method whose per-pixel attribution [N,3,H,W] is reduced over channels to the map."""
 
     uses_layer = False
+    Params = ReductionParams
 
     @abstractmethod
     def pixel_attribution(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None,
@@ -127,9 +167,17 @@ class GradientMethod(AttributionMethod):
         """Per-pixel attribution [N,3,H,W] of `targets` [N] (None: the predicted classes)."""
         return self.pixel_attribution(model, images, targets, layer).values
 
+    def reduction(self) -> str:
+        """How the per-pixel attribution becomes the map (one of CHANNEL_REDUCTIONS)."""
+        return self.params["channel_reduction"]
+
     def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
-        """The map [N,H,W] of a per-pixel attribution [N,3,H,W]: the maximum absolute value over channels."""
-        return attribution.abs().amax(dim=1)
+        """The map [N,H,W] of a per-pixel attribution [N,3,H,W] (`channel_reduction`)."""
+        return reduce_channels(attribution, self.reduction())
+
+    def maps_are_signed(self) -> bool:
+        """Signed where the channels are summed with their signs (the attributions all carry one)."""
+        return self.reduction() == "signed_sum"
 
     def _explain(self, model, layer, images, targets) -> Attribution:
         values, targets, logits = self.pixel_attribution(model, images, targets, layer)
@@ -138,18 +186,18 @@ class GradientMethod(AttributionMethod):
 
 @register
 class VanillaGradient(GradientMethod):
-    """Saliency (Simonyan et al. 2014): |d score / d input|, the map its maximum over channels."""
+    """Saliency (Simonyan et al. 2014): d score / d input, the map max |.| over channels (the paper's)."""
 
     name = "vanilla_gradient"
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
-        """Absolute input gradient [N,3,H,W]."""
+        """Input gradient [N,3,H,W] (signed)."""
         grad, logits, targets = input_gradient(model, images, targets)
-        return PixelAttribution(grad.abs(), targets, logits)
+        return PixelAttribution(grad, targets, logits)
 
 
 @dataclass(frozen=True)
-class GuidedParams:
+class GuidedParams(ReductionParams):
     """Parameters of the guided-backpropagation methods."""
 
     relu6: bool = param(True, "treat ReLU6 as a guided ReLU too (the MobileNet/EfficientNet activation)")
@@ -161,6 +209,10 @@ class GuidedBackprop(GradientMethod):
 
     name = "guided_backprop"
     Params = GuidedParams
+
+    def runs_on_torchscript(self) -> bool:
+        """No: guided ReLUs patch the Python model's activations."""
+        return False
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
         """Guided input gradient [N,3,H,W] (signed)."""
@@ -191,11 +243,7 @@ class GradientXInput(GradientMethod):
     """Gradient x input (Shrikumar et al. 2016): input times its gradient, summed over channels."""
 
     name = "gradient_x_input"
-    signed_maps = True
-
-    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
-        """The signed sum over channels."""
-        return attribution.sum(dim=1)
+    Params = SignedSumParams
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
         """Input times input gradient [N,3,H,W] (signed, in the model's input space)."""
@@ -226,7 +274,6 @@ class IntegratedGradients(GradientMethod):
     """Integrated gradients (Sundararajan et al. 2017): (x - x') times the path-averaged gradient."""
 
     name = "integrated_gradients"
-    signed_maps = True
     # The midpoint rule is the default: a ReLU network's gradient jumps along the path, and
     # Gauss-Legendre's end-clustered nodes then miss the middle (6% completeness gap vs 0.4%
     # at 64 steps on a random resnet18 with a black baseline).
@@ -236,10 +283,8 @@ class IntegratedGradients(GradientMethod):
         baseline: str = param("zero", "x': zeros in input space, or black pixels", choices=BASELINES)
         rule: str = param("riemann_middle", "quadrature rule along the path", choices=QUADRATURE_RULES)
         batch_size: int = param(64, "path points per backward pass", minimum=1)
-
-    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
-        """The signed sum over channels (its total is the completeness sum)."""
-        return attribution.sum(dim=1)
+        # The signed sum keeps completeness: the map's total is the attributions' total.
+        channel_reduction: str = param("signed_sum", REDUCTION_HELP, choices=CHANNEL_REDUCTIONS)
 
     def baseline(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The baseline x' [1,3,H,W], the same for every image: zeros in input space ('zero') or black
@@ -276,6 +321,7 @@ class IntegratedGradients(GradientMethod):
 
 
 SMOOTHABLE = ("vanilla_gradient", "guided_backprop", "gradient_x_input", "integrated_gradients")
+SMOOTHGRAD_AVERAGES = ("signed", "absolute", "squared")
 
 
 @register
@@ -290,6 +336,10 @@ class SmoothGrad(GradientMethod):
         noise_level: float = param(0.15, "noise std as a fraction of the image's value range", minimum=0)
         seed: int = param(0, "seed of the noise (with each image's content)")
         batch_size: int = param(64, "noisy copies per backward pass", minimum=1)
+        average: str = param("signed", "what is averaged over the noisy copies: the base attribution (signed: the "
+                             "paper, both originals), its absolute value or its square", choices=SMOOTHGRAD_AVERAGES)
+        channel_reduction: str = param("base", "the base method's channel reduction, or one of its choices",
+                                       choices=("base", *CHANNEL_REDUCTIONS))
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -297,13 +347,18 @@ class SmoothGrad(GradientMethod):
         assert isinstance(base, GradientMethod)  # the `base` choices (SMOOTHABLE) are gradient methods only
         self.base = base
 
-    def reduce(self, attribution: torch.Tensor) -> torch.Tensor:
-        """The base method's reduction over channels."""
-        return self.base.reduce(attribution)
+    def reduction(self) -> str:
+        """`channel_reduction`, with `base` resolved to the base method's (default) reduction."""
+        how = self.params["channel_reduction"]
+        return self.base.reduction() if how == "base" else how
+
+    def runs_on_torchscript(self) -> bool:
+        """As its base method."""
+        return self.base.runs_on_torchscript()
 
     def maps_are_signed(self) -> bool:
-        """Signed where the base method's maps are."""
-        return self.base.maps_are_signed()
+        """Signed where a signed average is summed with its signs."""
+        return self.params["average"] == "signed" and super().maps_are_signed()
 
     def noise(self, images: torch.Tensor) -> torch.Tensor:
         """Standard normal noise [samples,3,H,W] from `seed`, shared by every image of any batch.
@@ -315,7 +370,8 @@ class SmoothGrad(GradientMethod):
                            device=images.device, dtype=images.dtype)
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
-        """Mean base attribution [N,3,H,W] over noisy inputs (std noise_level * (max - min) per image)."""
+        """Mean base attribution [N,3,H,W] (or its absolute value or square: `average`) over noisy inputs
+        (std noise_level * (max - min) per image)."""
         logits = unperturbed_logits(model, images)
         targets = choose_targets(logits, targets)
         n = images.shape[0]
@@ -327,5 +383,9 @@ class SmoothGrad(GradientMethod):
             chunk = noise[start:start + per_pass]
             noisy = (images[:, None] + std[:, None, None, None, None] * chunk[None]).flatten(0, 1)
             attribution = self.base.attribute(model, noisy, targets.repeat_interleave(len(chunk)), layer)
+            if self.params["average"] == "absolute":
+                attribution = attribution.abs()
+            elif self.params["average"] == "squared":
+                attribution = attribution * attribution
             total += attribution.view(n, len(chunk), *images.shape[1:]).sum(1)
         return PixelAttribution(total / len(noise), targets, logits)

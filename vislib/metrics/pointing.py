@@ -19,6 +19,7 @@ class PointingGame(Metric):
 
     name = "pointing_game"
     binary = True
+    needs_boxes = True
 
     @dataclass(frozen=True)
     class Params:
@@ -64,6 +65,7 @@ class EnergyPointingGame(Metric):
     """Share of the map's energy that falls inside the target boxes."""
 
     name = "energy_pointing_game"
+    needs_boxes = True
 
     def compute(self, batch: MetricInput) -> MetricResult:
         n, height, width = batch.maps.shape

@@ -1,20 +1,31 @@
 """Model registry: architectures by name, weights, carried preprocessing and layer lookup."""
 
-from vislib.models import demonet, efficientnet_lite, torchvision_models  # noqa: F401  (registration)
+from vislib.models import demonet, efficientnet_lite, timm_models, torchvision_models  # noqa: F401  (registration)
 from vislib.models.registry import (
+    ARCH_FAMILIES,
     MODELS,
     LoadedModel,
+    builder_for,
     default_layer_of,
+    last_spatial_layer,
     layer_names,
     load,
     preprocessing_of,
     resolve_layer,
     spatial_layer_names,
 )
+from vislib.models.spec import ModelSpec, load_spec
+from vislib.models.user import is_torchscript
 from vislib.preprocessing import Preprocessing, imagenet_class_names
 
 __all__ = [
+    "ARCH_FAMILIES",
     "MODELS",
+    "ModelSpec",
+    "builder_for",
+    "is_torchscript",
+    "last_spatial_layer",
+    "load_spec",
     "default_layer_of",
     "imagenet_class_names",
     "LoadedModel",

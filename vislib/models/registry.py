@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vislib.errors import LayerError, MissingWeightsError, VislibError
+from vislib.errors import LayerError, MissingWeightsError, UnknownNameError, VislibError
 from vislib.preprocessing import Preprocessing
 from vislib.registry import Registry, unknown_name_message
 
@@ -30,45 +30,123 @@ ModelBuilder = Callable[[str, int | None], LoadedModel]
 MODELS: Registry[ModelBuilder] = Registry("model")
 
 
+@dataclass(frozen=True)
+class ArchFamily:
+    """Architectures known by name without a registration each (every torchvision classification model, timm)."""
+
+    describe: str  # how a config names them, for error messages
+    resolve: Callable[[str], ModelBuilder | None]
+    names: Callable[[], list[str]]  # the names offered when an arch is misspelt
+
+
+ARCH_FAMILIES: list[ArchFamily] = []
+
+
+def builder_for(arch: str) -> ModelBuilder:
+    """The builder of `arch`: a registered name, else the first family that knows it."""
+    if arch in MODELS:
+        return MODELS[arch]
+    for family in ARCH_FAMILIES:
+        builder = family.resolve(arch)
+        if builder is not None:
+            return builder
+    valid = list(dict.fromkeys(MODELS.names() + [name for family in ARCH_FAMILIES for name in family.names()]))
+    also = "; ".join(family.describe for family in ARCH_FAMILIES)
+    raise UnknownNameError(f"{unknown_name_message('model', arch, valid)}. Also accepted: {also}; a network of "
+                           "your own goes under `factory:` or `torchscript:` (docs/your-model.md)")
+
+
 def load(name: str, weights: str = "random", device: str | torch.device = "cpu",
          num_classes: int | None = None) -> nn.Module:
-    """Build model `name` with `weights` ('random', a pretrained name or a checkpoint path), in eval mode."""
-    builder = MODELS[name]
+    """Build model `name` with `weights` ('random', a pretrained name or a checkpoint path), in eval mode.
+
+    `name` is a registered architecture, any torchvision classification model or 'timm:<name>'.
+    """
+    return finish(build(name, weights, num_classes), name, device)
+
+
+def is_checkpoint_path(weights: str) -> bool:
+    """Whether a `weights` value names a file rather than 'random' or a pretrained name."""
     path = Path(weights)
-    if weights not in ("random",) and (path.suffix in (".pt", ".pth") or path.exists()):
-        loaded = _load_checkpoint(name, builder, path)
-    else:
-        loaded = builder(weights, num_classes)
-    module = loaded.module
+    return weights != "random" and (path.suffix in (".pt", ".pth", ".ckpt", ".bin") or "/" in weights
+                                    or path.exists())
+
+
+def build(name: str, weights: str = "random", num_classes: int | None = None) -> LoadedModel:
+    """The LoadedModel of architecture `name` with `weights`, before it is finished by `finish`."""
+    builder = builder_for(name)
+    if is_checkpoint_path(weights):
+        checkpoint = read_checkpoint(weights, name)
+        class_names = list(checkpoint.class_names)
+        loaded = builder("random", len(class_names) or num_classes)
+        load_state(loaded.module, checkpoint.state, weights, name)
+        if class_names:
+            loaded.class_names = class_names
+        return loaded
+    return builder(weights, num_classes)
+
+
+def finish(loaded: LoadedModel, name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The network in eval mode on `device`, carrying its preprocessing, class names, default layer and name.
+
+    Without a default layer from the builder, the last layer with a spatial output is the default.
+    """
+    module = loaded.module.eval().to(device)
+    default_layer = loaded.default_layer or last_spatial_layer(module, loaded.preprocessing.input_size)
     # setattr: nn.Module types its attributes as tensors or modules; these are plain values the model carries.
     setattr(module, "vislib_preprocessing", loaded.preprocessing)  # noqa: B010
     setattr(module, "vislib_class_names", list(loaded.class_names))  # noqa: B010
-    setattr(module, "vislib_default_layer", loaded.default_layer)  # noqa: B010
+    setattr(module, "vislib_default_layer", default_layer)  # noqa: B010
     setattr(module, "vislib_name", name)  # noqa: B010
-    return module.eval().to(device)
+    return module
 
 
-def _load_checkpoint(name: str, builder: ModelBuilder, path: Path) -> LoadedModel:
+@dataclass
+class Checkpoint:
+    """A state dict read from a file, with the class names vislib's training stores beside it."""
+
+    state: dict[str, torch.Tensor]
+    class_names: list[str]
+
+
+def read_checkpoint(path_name: str, model: str) -> Checkpoint:
+    """The state dict of a checkpoint file: plain, or under 'state_dict' or 'model' (a training loop's dict)."""
+    path = Path(path_name)
     if not path.exists():
         raise MissingWeightsError(
-            f"checkpoint {str(path)!r} for model {name!r} does not exist; train it first "
+            f"checkpoint {str(path)!r} for model {model!r} does not exist; train it first "
             "(the workflow's train rule writes it) or point `weights` at an existing file"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise VislibError(f"checkpoint {str(path)!r} cannot be read ({exc}); delete it and retrain") from exc
-    state = checkpoint.get("state_dict", checkpoint)
-    class_names = list(checkpoint.get("class_names", []))
-    num_classes = len(class_names) or None
-    loaded = builder("random", num_classes)
-    try:
-        loaded.module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise VislibError(f"checkpoint {str(path)!r} does not fit architecture {name!r}: {exc}") from exc
-    if class_names:
-        loaded.class_names = class_names
-    return loaded
+        raise VislibError(f"checkpoint {str(path)!r} cannot be read ({exc}); save a state dict with "
+                          "torch.save(model.state_dict(), path), or delete it and retrain") from exc
+    if not isinstance(checkpoint, dict):
+        raise VislibError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a state dict; save "
+                          "model.state_dict() instead of the whole model")
+    state = next((checkpoint[key] for key in ("state_dict", "model") if isinstance(checkpoint.get(key), dict)),
+                 checkpoint)
+    # nn.DataParallel and DistributedDataParallel save every name under 'module.'.
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return Checkpoint(state, list(checkpoint.get("class_names", [])))
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, model: str) -> None:
+    """Load `state` into `module`, naming what does not fit."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    wrong_shape = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in own
+                   if key in state and tuple(state[key].shape) != tuple(own[key].shape)]
+    if missing or unexpected or wrong_shape:
+        parts = [f"{len(items)} {what} (e.g. {', '.join(items[:3])})" for what, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape))
+                 if items]
+        raise VislibError(f"checkpoint {path!r} does not fit model {model!r}: {'; '.join(parts)}. Is it the same "
+                          "architecture with the same num_classes?")
+    module.load_state_dict(state)
 
 
 def preprocessing_of(model: nn.Module) -> Preprocessing:
@@ -103,9 +181,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def spatial_layer_names(model: nn.Module, input_size: int | None = None) -> list[str]:
-    """Names of layers whose output is a [N,C,H,W] map with H,W > 1 (where CAM-style methods apply)."""
-    size = input_size or preprocessing_of(model).input_size
+def _output_shapes(model: nn.Module, input_size: int) -> dict[str, tuple[int, ...]]:
+    """Each named layer's output shape on one blank image, in the order the layers finish."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for layer_name, module in model.named_modules():
@@ -114,17 +191,43 @@ def spatial_layer_names(model: nn.Module, input_size: int | None = None) -> list
 
         def record(_m, _i, output, layer_name=layer_name):
             if isinstance(output, torch.Tensor):
+                shapes.pop(layer_name, None)
                 shapes[layer_name] = tuple(output.shape)
 
         handles.append(module.register_forward_hook(record))
     try:
-        device = next(model.parameters()).device
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            model(torch.zeros(1, 3, input_size, input_size, device=device))
     finally:
         for handle in handles:
             handle.remove()
-    return [n for n, s in shapes.items() if len(s) == 4 and s[2] * s[3] > 1]
+    return shapes
+
+
+def _is_spatial(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[2] * shape[3] > 1
+
+
+def last_spatial_layer(model: nn.Module, input_size: int) -> str:
+    """The layer that finishes last among those with a [N,C,H,W] output, H*W > 1 ('' if there is none).
+
+    A container finishes after its children, so this is the outermost block that outputs the last feature map
+    (e.g. torchvision's `layer4`), where CAM-style methods look. TorchScript models run no hooks: ''.
+    """
+    from vislib.models.user import is_torchscript
+
+    if is_torchscript(model):
+        return ""
+    spatial = [name for name, shape in _output_shapes(model, input_size).items() if _is_spatial(shape)]
+    return spatial[-1] if spatial else ""
+
+
+def spatial_layer_names(model: nn.Module, input_size: int | None = None) -> list[str]:
+    """Names of layers whose output is a [N,C,H,W] map with H,W > 1 (where CAM-style methods apply)."""
+    shapes = _output_shapes(model, input_size or preprocessing_of(model).input_size)
+    return [name for name in layer_names(model) if _is_spatial(shapes.get(name, ()))]
 
 
 def missing_weights(name: str, weights: str, url: str, filename: str) -> MissingWeightsError:

@@ -1,0 +1,288 @@
+"""Input pipeline speed: decoding an image (PIL and a float resize, as vislib read images before, against
+torchvision's decoder and a uint8 resize), and explain and evaluate jobs' wall time against the larger of their
+decode time and their compute time, reading each batch when asked or reading the next one ahead.
+
+Run: python benchmarks/pipeline.py [--images 320] [--batch-size 32] [--repeats 5] [--threads 1 2]
+Writes benchmarks/results/pipeline.md.
+
+The images are generated ImageNet-sized JPEGs (500x375, quality 90): crops of scikit-image's photos, flipped and
+tinted. A job's decode time is reading all its batches one after the other (`load_batch`: decode, resize,
+normalise, ground truth); its compute time is the same job on batches decoded beforehand; its wall time is the job
+as it runs, with `read_ahead` 0 (each batch read when the loop asks for it) or 1 (the next batch read by a
+background thread meanwhile). Every figure is the best of `--repeats` rounds, the variants alternating within a
+round, so load from other processes on a shared machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timing import best_seconds
+
+from vislib import models
+from vislib.data import dataset as dataset_module
+from vislib.data.cocoformat import CocoWriter
+from vislib.data.dataset import Batch, CocoFormatDataset, input_geometry, read_image, to_input
+from vislib.io import write_text
+from vislib.pipeline import evaluate_shard, explain_shard
+from vislib.preprocessing import Preprocessing
+
+RESULTS = Path(__file__).parent / "results" / "pipeline.md"
+WIDTH, HEIGHT = 500, 375
+CLASSES = [f"class_{i}" for i in range(6)]
+# (label, model, layer, method) of the explain jobs: the demo net's compute is about its decode time (the case where
+# reading ahead has the most to hide), MobileNetV3-small's a few times it.
+EXPLAIN_JOBS = [("demonet, 64 px, gradcam", "demonet", "features.14", "gradcam"),
+                ("mobilenet_v3_small, 224 px, gradcam", "mobilenet_v3_small", "features", "gradcam")]
+EVALUATE_METRICS = {"pointing_game": {}, "energy_pointing_game": {}, "maxboxacc": {"thresholds": 20},
+                    "average_drop": {}}
+
+
+def previous_read_image(path) -> np.ndarray:
+    """vislib's decoding before torchvision's decoders: PIL."""
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB"))
+
+
+def previous_to_input(pixels: np.ndarray, size: int, resize: str = "stretch") -> torch.Tensor:
+    """vislib's resize before: float conversion first, then a float bilinear antialiased resize."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()[None] / 255.0
+    geometry = input_geometry(x.shape[-1], x.shape[-2], size, resize)
+    if x.shape[-2:] != (geometry.height, geometry.width):
+        x = F.interpolate(x, size=(geometry.height, geometry.width), mode="bilinear", antialias=True,
+                          align_corners=False)
+    x = x[..., geometry.top:geometry.top + size, geometry.left:geometry.left + size]
+    return x[0].clamp(0, 1)
+
+
+@contextmanager
+def previous_decoding():
+    """`load_batch` decoding and resizing as before (it looks both functions up when called)."""
+    saved = dataset_module.read_image, dataset_module.to_input
+    dataset_module.read_image, dataset_module.to_input = previous_read_image, previous_to_input
+    try:
+        yield
+    finally:
+        dataset_module.read_image, dataset_module.to_input = saved
+
+
+def photos() -> list[np.ndarray]:
+    import skimage.data
+
+    return [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()]
+
+
+def write_dataset(root: Path, count: int) -> CocoFormatDataset:
+    """`count` ImageNet-sized JPEGs, each a crop of a photo (flipped, tinted), labelled with one box."""
+    rng = np.random.default_rng(0)
+    sources = [Image.fromarray(p) for p in photos()]
+    folder = root / "images" / "val"
+    folder.mkdir(parents=True)
+    writer = CocoWriter(root, "val", CLASSES)
+    for image_id in range(1, count + 1):
+        source = sources[image_id % len(sources)]
+        scale = rng.uniform(0.6, 1.0)
+        w = scale * min(source.width, source.height * WIDTH / HEIGHT)
+        h = w * HEIGHT / WIDTH
+        x, y = rng.uniform(0, source.width - w), rng.uniform(0, source.height - h)
+        image = source.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC, box=(x, y, x + w, y + h))
+        pixels = np.asarray(image, np.float32) * rng.uniform(0.8, 1.2, 3)
+        if rng.random() < 0.5:
+            pixels = pixels[:, ::-1]
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{image_id:06d}.jpg", quality=90)
+        label = image_id % len(CLASSES)
+        box = [rng.uniform(0, WIDTH / 2), rng.uniform(0, HEIGHT / 2), rng.uniform(60, WIDTH / 2),
+               rng.uniform(60, HEIGHT / 2)]
+        writer.add_image(image_id, f"{image_id:06d}.jpg", WIDTH, HEIGHT, label,
+                         [{"category": CLASSES[label], "bbox": box}])
+    writer.write(CLASSES)
+    return CocoFormatDataset("generated", root, "val")
+
+
+class Preloaded(CocoFormatDataset):
+    """A dataset whose batches were decoded beforehand: a job on it takes its compute time alone."""
+
+    def __init__(self, dataset: CocoFormatDataset, ready: dict[tuple[int, ...], Batch]) -> None:
+        self.__dict__.update(dataset.__dict__)
+        self.ready = ready
+
+    def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True) -> Batch:
+        return self.ready[tuple(image_ids)]
+
+
+def decode_rows(dataset: CocoFormatDataset, count: int, repeats: int) -> list[str]:
+    """Milliseconds per image, one thread, before and now, per resize protocol."""
+    torch.set_num_threads(1)
+    paths = [dataset.record(i).path for i in dataset.image_ids()[:count]]
+    rows = []
+    for resize in ("stretch", "crop"):
+        best = best_seconds({
+            "before": lambda r=resize: [previous_to_input(previous_read_image(p), 224, r) for p in paths],
+            "now": lambda r=resize: [to_input(read_image(p), 224, r) for p in paths],
+        }, repeats)
+        before, now = (1000 * best[k] / len(paths) for k in ("before", "now"))
+        rows.append(f"| {resize} | {before:.2f} | {now:.2f} | {before / now:.1f}x |")
+    return rows
+
+
+def difference_rows(dataset: CocoFormatDataset, count: int) -> list[str]:
+    """Max and mean absolute difference (in levels of 255) of the model input, before against now."""
+    images = [(name, pixels) for name, pixels in zip(("chelsea", "coffee", "astronaut"), photos(), strict=True)]
+    generated = [previous_read_image(dataset.record(i).path) for i in dataset.image_ids()[:count]]
+    rows = []
+    for resize in ("stretch", "crop", "squash_crop"):
+        for name, group in [*((n, [p]) for n, p in images), (f"{count} generated JPEGs", generated)]:
+            difference = torch.cat([(to_input(p, 224, resize) - previous_to_input(p, 224, resize)).abs().flatten()
+                                    for p in group]) * 255
+            rows.append(f"| {resize} | {name} | {difference.max().item():.3f} | {difference.mean().item():.3f} |")
+    return rows
+
+
+def job_row(label: str, threads: int, runs: dict[str, object], repeats: int) -> str:
+    """One job's decode, compute and wall times (s) and the wall time over the larger of decode and compute."""
+    best = best_seconds(runs, repeats)
+    decode, compute = best["decode"], best["compute"]
+    bound = max(decode, compute)
+    return (f"| {label} | {threads} | {best['decode before']:.2f} | {decode:.2f} | {compute:.2f} | "
+            f"{best['wall before']:.2f} ({best['wall before'] / max(best['decode before'], compute):.2f}x) | "
+            f"{best['wall, read each']:.2f} ({best['wall, read each'] / bound:.2f}x) | "
+            f"{best['wall, read ahead']:.2f} ({best['wall, read ahead'] / bound:.2f}x) |")
+
+
+def batch_runs(dataset: CocoFormatDataset, slices: list[list[int]],
+               preprocessing: Preprocessing) -> tuple[dict[str, object], Preloaded]:
+    """The decode time of a job's batches, before and now, and the dataset with those batches decoded."""
+    def read_all():
+        return [dataset.load_batch(s, preprocessing) for s in slices]
+
+    def read_all_before():
+        with previous_decoding():
+            return read_all()
+
+    preloaded = Preloaded(dataset, {tuple(s): b for s, b in zip(slices, read_all(), strict=True)})
+    return {"decode before": read_all_before, "decode": read_all}, preloaded
+
+
+def job_runs(job, dataset: CocoFormatDataset, preloaded: Preloaded) -> dict[str, object]:
+    """A job's compute time and its wall time before, reading each batch when asked, and reading ahead."""
+    def wall_before():
+        with previous_decoding():
+            return job(dataset=dataset, read_ahead=0)
+
+    job(dataset=preloaded, read_ahead=0)  # warm-up
+    return {"compute": lambda: job(dataset=preloaded, read_ahead=0), "wall before": wall_before,
+            "wall, read each": lambda: job(dataset=dataset, read_ahead=0),
+            "wall, read ahead": lambda: job(dataset=dataset, read_ahead=1)}
+
+
+def load_net(arch: str) -> torch.nn.Module:
+    return models.load(arch, "random", torch.device("cpu"), num_classes=len(CLASSES) if arch == "demonet" else None)
+
+
+def explain_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int, arch: str, layer: str,
+                 method: str) -> dict[str, object]:
+    net = load_net(arch)
+    slices = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
+    decode, preloaded = batch_runs(dataset, slices, models.preprocessing_of(net))
+    job = partial(explain_shard, net, layer, method, {}, image_ids=ids, batch_size=batch_size)
+    return {**decode, **job_runs(job, dataset, preloaded)}
+
+
+def evaluate_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int) -> dict[str, object]:
+    net = load_net("demonet")
+    slices = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
+    decode, preloaded = batch_runs(dataset, slices, models.preprocessing_of(net))
+    shard = explain_shard(net, "features.14", "gradcam", {}, preloaded, ids, batch_size=batch_size)
+    job = partial(evaluate_shard, shard, model=net, metric_specs=EVALUATE_METRICS, labels={"experiment": "bench"},
+                  batch_size=batch_size)
+    return {**decode, **job_runs(job, dataset, preloaded)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=320, help="images per job")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--decode-images", type=int, default=100, help="images per round of the decode timing")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the jobs")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp), args.images)
+        ids = dataset.image_ids()
+        decode = decode_rows(dataset, args.decode_images, args.repeats + 1)
+        differences = difference_rows(dataset, 30)
+        jobs = []
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for label, arch, layer, method in EXPLAIN_JOBS:
+                jobs.append(job_row(f"explain: {label}", threads,
+                                    explain_runs(dataset, ids, args.batch_size, arch, layer, method), args.repeats))
+            jobs.append(job_row(f"evaluate: demonet, 64 px, {', '.join(EVALUATE_METRICS)}", threads,
+                                evaluate_runs(dataset, ids, args.batch_size), args.repeats))
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+               f"{'a GPU present but unused' if torch.cuda.is_available() else 'no GPU'}")
+    lines = [
+        "# Input pipeline speed",
+        "",
+        f"`python benchmarks/pipeline.py --images {args.images} --batch-size {args.batch_size} --repeats "
+        f"{args.repeats}`: {machine}; torch {torch.__version__}; 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f} (a machine shared with other work: best of {args.repeats} alternating rounds).",
+        "",
+        f"Images: {args.images} generated ImageNet-sized JPEGs ({WIDTH}x{HEIGHT}, quality 90; crops of "
+        "scikit-image's chelsea, coffee and astronaut, flipped and tinted).",
+        "",
+        "## Decoding one image (one thread)",
+        "",
+        "Before: PIL's decode and RGB conversion, then the float conversion and a float bilinear antialiased resize. "
+        "Now (`read_image` + `to_input`): torchvision's decoder, the same resize on the uint8 image "
+        "(torchvision's `resize`), then the float conversion. Model input 224 px; "
+        f"{args.decode_images} images a round, best of {args.repeats + 1} rounds.",
+        "",
+        "| resize | before ms/image | now ms/image | speed-up |",
+        "|---|---:|---:|---:|",
+        *decode,
+        "",
+        "## Pixels: now against before",
+        "",
+        "Absolute difference of the model input (before normalisation), in levels of 1/255: the uint8 resize "
+        "rounds every pixel to a level, the float resize does not.",
+        "",
+        "| resize | images | max | mean |",
+        "|---|---|---:|---:|",
+        *differences,
+        "",
+        "## Jobs: wall time against the larger of decode and compute",
+        "",
+        f"`explain_shard` / `evaluate_shard` on {args.images} images in batches of {args.batch_size}, random weights, "
+        "CPU. Decode: `load_batch` over every batch of the job in turn. Compute: the job on batches decoded "
+        "beforehand. Wall: the job as it runs, (before) with the previous decoding and each batch read when asked, "
+        "(read each) with the new decoding and `read_ahead=0`, (read ahead) with `read_ahead=1`, the default: a "
+        "background thread reads the next batch while the model works. In brackets: wall time over max(decode, "
+        "compute) (for the before column: with the previous decode time). torch threads: `torch.set_num_threads` "
+        "for the whole process; the read-ahead thread is one more thread beside them. The workflow's explain and "
+        "evaluate rules run with `threads: 1`.",
+        "",
+        "| job | torch threads | decode before s | decode s | compute s | wall before s | wall, read each s "
+        "| wall, read ahead s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *jobs,
+        "",
+    ]
+    write_text(RESULTS, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
