@@ -53,8 +53,9 @@ def test_pixels_match_torchvisions_transform_of_the_decoded_image(resize):
 
 
 # How far resizing the uint8 image (to_input) lands from resizing it in float, in [0,1] units (docs/datasets.md):
-# the uint8 resize rounds each pixel to a whole level.
-FLOAT_RESIZE_MAX = 1 / 255
+# the uint8 resize rounds each pixel to a whole level, and its fixed-point weights add a little (measured: at most
+# 1.006 levels, mean 0.26-0.31, benchmarks/results/pipeline.md).
+FLOAT_RESIZE_MAX = 1.1 / 255
 FLOAT_RESIZE_MEAN = 0.35 / 255
 
 
@@ -68,7 +69,7 @@ def test_pixels_stay_within_a_level_of_resizing_in_float(resize, image):
     ours = to_input(pixels, 224, resize)
     in_float = PROTOCOLS[resize](torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0).clamp(0, 1)
     difference = (ours - in_float).abs()
-    assert difference.max().item() <= FLOAT_RESIZE_MAX + 1e-6
+    assert difference.max().item() <= FLOAT_RESIZE_MAX
     assert difference.mean().item() <= FLOAT_RESIZE_MEAN
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from vislib import featvis, models
 from vislib.errors import ConfigError
-from vislib.featvis.base import unit_start
+from vislib.featvis.base import draw_start, start_from_draws, unit_start
 from vislib.featvis.class_agnostic import (
     ORIGINAL_OCTAVE,
     cluster_image_set,
@@ -209,8 +209,6 @@ def test_original_inversion_start_is_noise_in_normalised_space():
     # 1e-1 * torch.randn(1, 3, H, W) is the normalised image: the mean colour plus 0.1 standard deviations of noise.
     preprocessing = models.load("demonet").vislib_preprocessing
     generator = torch.Generator().manual_seed(0)
-    from vislib.featvis.base import draw_start, start_from_draws
-
     image = start_from_draws("normal", draw_start("normal", (4, 3, 64, 64), generator), 0.1, [0, 255], preprocessing)
     normalised = preprocessing.normalize(image)
     assert abs(normalised.mean().item()) < 0.01 and abs(normalised.std().item() - 0.1) < 0.01
@@ -291,7 +289,7 @@ def test_term_balance_on_a_hand_made_case():
     # The same total, written as vis.py:645-655 computes it.
     index = sets.tolist()  # self.target_channels: a list of per-cluster index lists
     class_loss = -1 * torch.sum(a[:, index] * t[:, index], dim=-1)  # [B,K]
-    class_loss += lam * torch.norm(torch.stack([l1, torch.zeros(2)]), p=1)  # stand-in for ||P||_1 of the batch
+    class_loss += lam * l1.sum()  # torch.norm(p_layer, p=1): one L1 norm of the whole batch = the images' sum
     class_loss += torch.mean(general_robust_loss(a - t, 1.0, 1.0))  # one mean over B x C
     torch.testing.assert_close(original.sum(), class_loss.sum())
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from vislib.errors import ConfigError, LayerError
 from vislib.methods.base import fast_layout
+from vislib.models.layout import spatial_view
 from vislib.models.registry import preprocessing_of, resolve_layer
 from vislib.params import param
 from vislib.runlog import Progress
@@ -210,6 +211,8 @@ def tap_layers(model: nn.Module, outputs: Sequence[str] = (), inputs: Sequence[s
                stop: bool = False) -> Iterator[LayerTaps]:
     """Record outputs/inputs of layers on each forward; `stop` ends the pass once all were recorded.
 
+    An output that holds a spatial grid is recorded as its [N,C,h,w] view (`vislib.models.spatial_view`).
+
     Hooks are removed on exit, even on errors. Use `run` to call the model under `stop`.
     """
     modules = {name: resolve_layer(model, name) for name in (*outputs, *inputs)}
@@ -222,7 +225,9 @@ def tap_layers(model: nn.Module, outputs: Sequence[str] = (), inputs: Sequence[s
     def on_output(name: str) -> Callable:
         def hook(_module, _args, output):
             taps.calls[name] = taps.calls.get(name, 0) + 1
-            taps.outputs[name] = output if isinstance(output, torch.Tensor) else output[0]
+            tensor = output if isinstance(output, torch.Tensor) else output[0]
+            # A vision transformer's tokens and a channels-last map are read as [N,C,h,w], as every method reads them.
+            taps.outputs[name] = spatial_view(model, name, tensor)
             if stop and done():
                 raise _StopForward
 

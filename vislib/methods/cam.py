@@ -21,6 +21,7 @@ from vislib.methods.base import (
 )
 from vislib.methods.hooks import LayerCapture, capture_layer, frozen_model
 from vislib.methods.postprocess import normalize_maps, upsample_maps
+from vislib.models.layout import CHANNELS_FIRST, layer_layout
 from vislib.models.registry import resolve_layer
 from vislib.params import param
 
@@ -48,13 +49,16 @@ def _layer_as_leaf(model: nn.Module, layer: str, method: str) -> Iterator[LayerC
         if not isinstance(output, torch.Tensor):
             raise LayerError(
                 f"method {method!r} needs a layer that outputs a tensor, but {layer!r} outputs "
-                f"{type(output).__name__}; pick a convolutional layer"
+                f"{type(output).__name__}; pick a layer with a feature map or tokens"
             )
-        leaf = output.detach().requires_grad_(True)
+        # The leaf is the layer's grid as [N,C,h,w] (tokens and channels-last maps converted), so the gradient
+        # with respect to it is the map's gradient.
+        layout = layer_layout(model, layer, output) or CHANNELS_FIRST
+        leaf = layout.to_spatial(output).detach().requires_grad_(True)
         capture.activation = leaf
-        # The rest of the network gets a copy: an in-place op after the layer (densenet's
+        # The rest of the network gets a new tensor, not the leaf: an in-place op after the layer (densenet's
         # F.relu(features, inplace=True)) is illegal on a leaf that requires grad.
-        return leaf.clone()
+        return layout.from_spatial(leaf, output)
 
     handle = module.register_forward_hook(hook)
     try:

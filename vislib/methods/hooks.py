@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vislib.errors import LayerError
+from vislib.models.layout import spatial_view
 from vislib.models.registry import resolve_layer
 
 
@@ -45,7 +46,8 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class LayerCapture:
-    """Holds the output of a hooked layer from the last forward pass."""
+    """Holds the output of a hooked layer from the last forward pass, as a [N,C,h,w] view where it holds a grid
+    (tokens and channels-last maps included: `vislib.models.layout`)."""
 
     def __init__(self) -> None:
         self.activation: torch.Tensor | None = None
@@ -58,7 +60,8 @@ class LayerCapture:
         if act.ndim != 4 or act.shape[2] * act.shape[3] < 1 or act.shape[2] == act.shape[3] == 1:
             raise LayerError(
                 f"method {method!r} needs a spatial layer, but {layer!r} outputs shape {tuple(act.shape)}; "
-                "pick a convolutional layer (e.g. the model's default layer)"
+                "pick a layer with a feature map or a vision transformer's tokens (e.g. the model's default layer; "
+                "`vislib layers <model>` lists them)"
             )
         return act
 
@@ -70,7 +73,7 @@ def capture_layer(model: nn.Module, layer: str) -> Iterator[LayerCapture]:
     capture = LayerCapture()
 
     def hook(_module, _inputs, output):
-        capture.activation = output if isinstance(output, torch.Tensor) else output[0]
+        capture.activation = spatial_view(model, layer, output if isinstance(output, torch.Tensor) else output[0])
 
     handle = module.register_forward_hook(hook)
     try:

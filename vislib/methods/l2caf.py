@@ -40,6 +40,7 @@ from vislib.methods.base import (
 )
 from vislib.methods.cam import layer_or_default
 from vislib.methods.hooks import LayerCapture, frozen_model
+from vislib.models.layout import Layout, layer_layout
 from vislib.models.registry import resolve_layer
 from vislib.params import param
 
@@ -77,21 +78,22 @@ class _Tail(Protocol):
 
 
 class _GraphTail:
-    """The fx-traced remainder of the net, fed the cached activation times the mask."""
+    """The fx-traced remainder of the net, fed the cached layer output with its grid times the mask."""
 
     path = "fx"
 
-    def __init__(self, module: fx.GraphModule, activation: torch.Tensor, crossing: list[torch.Tensor]) -> None:
-        self.module = module
-        self._activation_all, self._crossing_all = activation, crossing
-        self._activation, self._crossing = activation, crossing
+    def __init__(self, module: fx.GraphModule, output: torch.Tensor, layout: Layout,
+                 crossing: list[torch.Tensor]) -> None:
+        self.module, self.layout = module, layout
+        self._output_all, self._crossing_all = output, crossing
+        self._output, self._crossing = output, crossing
 
     def select(self, rows: torch.Tensor) -> None:
-        self._activation = self._activation_all[rows]
+        self._output = self._output_all[rows]
         self._crossing = [value[rows] for value in self._crossing_all]
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        return self.module(masks * self._activation, *self._crossing)
+        return self.module(self.layout.masked(self._output, masks), *self._crossing)
 
     def attached(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext(self)
@@ -130,12 +132,12 @@ class _AffineTail:
 
 
 class _HookTail:
-    """The whole net with a forward hook that multiplies the layer output by the mask."""
+    """The whole net with a forward hook that multiplies the layer output's grid by the mask."""
 
     path = "hook"
 
-    def __init__(self, model: nn.Module, layer: str, images: torch.Tensor) -> None:
-        self.model, self.layer = model, layer
+    def __init__(self, model: nn.Module, layer: str, images: torch.Tensor, layout: Layout) -> None:
+        self.model, self.layer, self.layout = model, layer, layout
         self._images_all = self._images = images
         self.masks: torch.Tensor | None = None
 
@@ -143,9 +145,9 @@ class _HookTail:
         self._images = self._images_all[rows]
 
     def hook(self, _module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook: the filtered layer output."""
+        """Forward hook: the filtered layer output, in the layer's own layout (prefix tokens untouched)."""
         assert self.masks is not None  # __call__ sets them before the forward pass that runs this hook
-        return output * self.masks
+        return self.layout.masked(output, self.masks)
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         self.masks = masks
@@ -197,10 +199,16 @@ class _Recorder(fx.Interpreter):
         return value
 
 
-def _spatial(activation: object, layer: str, method: str) -> torch.Tensor:
+def _spatial(model: nn.Module, output: object, layer: str, method: str) -> tuple[Layout, torch.Tensor]:
+    """The layout of the layer's output and its grid as [N,C,h,w]; LayerError where it holds none."""
     capture = LayerCapture()
-    capture.activation = activation if isinstance(activation, torch.Tensor) else None
-    return capture.spatial(layer, method)
+    layout = None
+    if isinstance(output, torch.Tensor):
+        layout = layer_layout(model, layer, output)
+        capture.activation = layout.to_spatial(output) if layout is not None else output
+    spatial = capture.spatial(layer, method)
+    assert layout is not None  # a tensor of no layout is not 4-D, which `spatial` refuses
+    return layout, spatial
 
 
 def _called_once(layer: str, calls: int) -> None:
@@ -258,7 +266,8 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
     recorder = _Recorder(module, cut, downstream, images.shape[0])
     with torch.no_grad():
         logits = recorder.run(images)
-    activation = _spatial(recorder.values[cut], layer, method)
+    output = recorder.values[cut]
+    layout, activation = _spatial(model, output, layer, method)
 
     crossing: list[fx.Node] = []
     constants: list[fx.Node] = []
@@ -273,7 +282,10 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
         elif recorder.per_image[node]:
             crossing.append(node)
         elif node.op == "placeholder":
-            return f"model input {node.name!r} is not a per-image tensor"
+            if not node.args:
+                return f"model input {node.name!r} is not a per-image tensor"
+            # An input the call leaves at its default (timm's `attn_mask=None`) keeps that default in the tail.
+            constants.append(node)
         else:
             recomputed.add(node)
             for inp in node.all_input_nodes:
@@ -302,7 +314,8 @@ def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
     for node in tail_nodes:
         env[node] = tail.node_copy(node, lambda n: env[n])
     tail_module = fx.GraphModule(tracer.root, tail)
-    graph_tail = _GraphTail(tail_module, activation, crossing_values)
+    assert isinstance(output, torch.Tensor)  # `_spatial` accepted it
+    graph_tail = _GraphTail(tail_module, output, layout, crossing_values)
     columns_bytes = activation.shape[0] * activation.shape[2] * activation.shape[3] * logits.shape[1] * 4
     if not crossing and columns_bytes <= _AFFINE_MAX_BYTES and _is_affine(tail_module):
         return _AffineTail(graph_tail, activation), activation, logits
@@ -352,7 +365,8 @@ def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
     finally:
         handle.remove()
     _called_once(layer, len(captured))
-    return _HookTail(model, layer, images), _spatial(captured[0], layer, method), logits
+    layout, activation = _spatial(model, captured[0], layer, method)
+    return _HookTail(model, layer, images, layout), activation, logits
 
 
 def _row_seed(seed: int, image: bytes, target: int | None) -> int:

@@ -14,6 +14,7 @@ from vislib.models.registry import (
     resolve_layer,
     spatial_layer_names,
 )
+from vislib.models.layout import Layout, layer_layout, spatial_view
 from vislib.models.spec import ModelSpec, load_spec
 from vislib.models.user import is_torchscript
 from vislib.preprocessing import Preprocessing, imagenet_class_names
@@ -25,6 +26,8 @@ __all__ = [
     "builder_for",
     "is_torchscript",
     "last_spatial_layer",
+    "Layout",
+    "layer_layout",
     "load_spec",
     "default_layer_of",
     "imagenet_class_names",
@@ -35,4 +38,5 @@ __all__ = [
     "preprocessing_of",
     "resolve_layer",
     "spatial_layer_names",
+    "spatial_view",
 ]

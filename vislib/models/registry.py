@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vislib.errors import LayerError, MissingWeightsError, UnknownNameError, VislibError
+from vislib.errors import ConfigError, LayerError, MissingWeightsError, UnknownNameError, VislibError
+from vislib.models.layout import LAYOUTS_ATTRIBUTE, LayerProbe, probe_layers
+from vislib.models.user import is_torchscript
 from vislib.preprocessing import Preprocessing
 from vislib.registry import Registry, unknown_name_message
 
@@ -87,12 +89,19 @@ def build(name: str, weights: str = "random", num_classes: int | None = None) ->
 
 
 def finish(loaded: LoadedModel, name: str, device: str | torch.device = "cpu") -> nn.Module:
-    """The network in eval mode on `device`, carrying its preprocessing, class names, default layer and name.
+    """The network in eval mode on `device`, carrying its preprocessing, class names, default layer, name and the
+    layout of every layer with a spatial output (`models.layout`).
 
-    Without a default layer from the builder, the last layer with a spatial output is the default.
+    Without a default layer from the builder, `LayerProbe.default_layer` picks it: the last layer with a spatial
+    output whose grid the class scores depend on.
     """
     module = loaded.module.eval().to(device)
-    default_layer = loaded.default_layer or last_spatial_layer(module, loaded.preprocessing.input_size)
+    default_layer = loaded.default_layer
+    if not is_torchscript(module):
+        probe = _probe(module, loaded.preprocessing.input_size, name, gradients=not default_layer)
+        default_layer = default_layer or probe.default_layer()
+        # The layouts go with the model, so every method reads a layer's grid the same way (models/layout.py).
+        setattr(module, LAYOUTS_ATTRIBUTE, probe.layouts)
     # setattr: nn.Module types its attributes as tensors or modules; these are plain values the model carries.
     setattr(module, "vislib_preprocessing", loaded.preprocessing)  # noqa: B010
     setattr(module, "vislib_class_names", list(loaded.class_names))  # noqa: B010
@@ -181,53 +190,34 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def _output_shapes(model: nn.Module, input_size: int) -> dict[str, tuple[int, ...]]:
-    """Each named layer's output shape on one blank image, in the order the layers finish."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for layer_name, module in model.named_modules():
-        if not layer_name:
-            continue
-
-        def record(_m, _i, output, layer_name=layer_name):
-            if isinstance(output, torch.Tensor):
-                shapes.pop(layer_name, None)
-                shapes[layer_name] = tuple(output.shape)
-
-        handles.append(module.register_forward_hook(record))
+def _probe(model: nn.Module, input_size: int, name: str, gradients: bool) -> LayerProbe:
     try:
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-def _is_spatial(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[2] * shape[3] > 1
+        return probe_layers(model, input_size, gradients)
+    except Exception as exc:  # a user's network may fail in any way on a wrong input size
+        raise ConfigError(f"model {name!r} fails on a [1,3,{input_size},{input_size}] input "
+                          f"({type(exc).__name__}: {exc}); set its `input_size`") from exc
 
 
 def last_spatial_layer(model: nn.Module, input_size: int) -> str:
-    """The layer that finishes last among those with a [N,C,H,W] output, H*W > 1 ('' if there is none).
+    """The default layer of a model without one of its own ('' if no layer has a spatial output).
 
-    A container finishes after its children, so this is the outermost block that outputs the last feature map
-    (e.g. torchvision's `layer4`), where CAM-style methods look. TorchScript models run no hooks: ''.
+    The last layer, among those with the final feature map's shape, whose map the class scores depend on
+    (`LayerProbe.default_layer`): in a CNN the outermost block that outputs the last feature map (e.g.
+    torchvision's `layer4`), where CAM-style methods look; in a vision transformer the last block's first norm.
+    TorchScript models run no hooks: ''.
     """
-    from vislib.models.user import is_torchscript
-
     if is_torchscript(model):
         return ""
-    spatial = [name for name, shape in _output_shapes(model, input_size).items() if _is_spatial(shape)]
-    return spatial[-1] if spatial else ""
+    return probe_layers(model, input_size, gradients=True).default_layer()
 
 
 def spatial_layer_names(model: nn.Module, input_size: int | None = None) -> list[str]:
-    """Names of layers whose output is a [N,C,H,W] map with H,W > 1 (where CAM-style methods apply)."""
-    shapes = _output_shapes(model, input_size or preprocessing_of(model).input_size)
-    return [name for name in layer_names(model) if _is_spatial(shapes.get(name, ()))]
+    """Names of layers whose output holds a spatial grid of side > 1 (where CAM-style methods apply): [N,C,H,W]
+    maps, channels-last [N,H,W,C] maps and the patch tokens of vision transformers (`models.layout`)."""
+    layouts = getattr(model, LAYOUTS_ATTRIBUTE, None) if input_size is None else None
+    if layouts is None:
+        layouts = probe_layers(model, input_size or preprocessing_of(model).input_size).layouts
+    return [name for name in layer_names(model) if name in layouts]
 
 
 def missing_weights(name: str, weights: str, url: str, filename: str) -> MissingWeightsError:
