@@ -86,8 +86,13 @@ def entries(kind: str) -> list[Entry]:
 
 
 def _cell(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text.replace("|", "\\|")
+    """A value as a Markdown table cell: pipes escaped, so that a type such as `str | None` stays one cell."""
+    return str(value).replace("|", "\\|")
+
+
+def _default(value: object) -> str:
+    """A default as Python writes it (strings quoted, so '' and 'none' read apart from None)."""
+    return repr(value)
 
 
 def as_text(kind: str) -> str:
@@ -98,7 +103,7 @@ def as_text(kind: str) -> str:
         lines.append(f"{entry.name}{facts}  {entry.summary}".rstrip())
         for p in entry.params:
             allowed = f"; {p.allowed}" if p.allowed else ""
-            lines.append(f"    {p.name} ({p.type}, default {_cell(p.default)}{allowed}): {p.help}")
+            lines.append(f"    {p.name} ({p.type}, default {_default(p.default)}{allowed}): {p.help}")
     return "\n".join(lines) + "\n"
 
 
@@ -118,7 +123,8 @@ def as_markdown(kinds: tuple[str, ...] = KINDS) -> str:
                 lines += ["; ".join(f"{k}: {v}" for k, v in entry.facts.items()), ""]
             if entry.params:
                 lines += ["| parameter | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-                lines += [f"| `{p.name}` | {p.type} | `{_cell(p.default)}` | {_cell(p.allowed)} | {_cell(p.help)} |"
+                lines += [f"| `{p.name}` | {_cell(p.type)} | `{_cell(_default(p.default))}` | {_cell(p.allowed)} | "
+                          f"{_cell(p.help)} |"
                           for p in entry.params]
                 lines.append("")
             elif kind not in ("models",):

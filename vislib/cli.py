@@ -65,11 +65,13 @@ def _layers(args: argparse.Namespace) -> None:
     from vislib import models
 
     net = _model(args, args.weights)
-    spatial = set(models.spatial_layer_names(net))
+    layouts = models.layer_layouts(net)
     default = models.default_layer_of(net)
     for name in models.layer_names(net):
-        marks = [mark for mark, on in (("spatial", name in spatial), ("default", name == default)) if on]
-        print(f"{name}\t{' '.join(marks)}")
+        marks = [mark for mark, on in (("spatial", name in layouts), ("default", name == default)) if on]
+        # Tokens and channels-last maps say so: methods read them as [N,C,h,w] (docs/methods.md).
+        layout = layouts[name].describe() if name in layouts else ""
+        print(f"{name}\t{' '.join(marks)}{f' ({layout})' if layout else ''}")
 
 
 def _list(args: argparse.Namespace) -> None:

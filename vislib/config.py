@@ -119,6 +119,11 @@ def _layers_of(spec_json: str) -> tuple[str, ...]:
 
 
 @functools.cache
+def _spatial_layers(spec_json: str) -> frozenset[str]:
+    return frozenset(models.spatial_layer_names(_probe_model(spec_json)))
+
+
+@functools.cache
 def _output_shape(spec_json: str, layer: str | None) -> tuple[int, ...]:
     """Shape of `layer`'s output (the logits for None) on one image of the model's input size."""
     model = _probe_model(spec_json)
@@ -221,12 +226,18 @@ def check_config(config: dict) -> None:
         for metric in exp["metrics"]:
             _known("metric", metric, list(config["metrics"]), f"{where}.metrics (configured under `metrics:`)")
         _check_metric_needs(config, exp, where)
-        for model, _layer in _checked_layers(config, exp["models"], where):
+        for model, layer in _checked_layers(config, exp["models"], where):
             net = configured_model(config, model)
             for method in exp["methods"]:
                 name, params = method_spec(config, method)
-                if not methods.get(name, **params).runs_on_torchscript():
+                configured = methods.get(name, **params)
+                if not configured.runs_on_torchscript():
                     _needs_hooks(where, model, net, f"method {method!r}")
+                if configured.uses_layer and layer not in _spatial_layers(probe_entry(config["models"][model])):
+                    raise ConfigError(
+                        f"{where}.models.{model}: method {method!r} reads a spatial map of layer {layer!r}, which "
+                        f"outputs shape {output_shape(config, model, layer)}; pick a layer with a spatial output "
+                        f"(`vislib layers` marks them; the model's default is {net.vislib_default_layer!r})")
     _check_user_images(config)
     _check_featvis(config)
     _check_lavise(config)

@@ -197,3 +197,10 @@ def test_every_models_snippet_of_docs_your_model_is_a_valid_model_entry():
     for entry in entries:
         jsonschema.validate(entry, entry_schema)
         models.ModelSpec.from_config(entry)
+
+
+def test_a_layer_method_on_a_layer_without_a_spatial_output_is_refused_at_config_time():
+    with pytest.raises(ConfigError, match=r"method 'gradcam' reads a spatial map of layer '5', which outputs shape "
+                                          r"\(1, 10\); pick a layer with a spatial output .* default is '2'"):
+        check_config(_config({"factory": EXAMPLE_FACTORY}, ["gradcam"], ["5"]))
+    check_config(_config({"factory": EXAMPLE_FACTORY}, ["vanilla_gradient"], ["5"]))

@@ -1,6 +1,7 @@
 """Model registry: architectures by name, weights, carried preprocessing and layer lookup."""
 
 from vislib.models import demonet, efficientnet_lite, timm_models, torchvision_models  # noqa: F401  (registration)
+from vislib.models.layout import Layout, layer_layout, spatial_view
 from vislib.models.registry import (
     ARCH_FAMILIES,
     MODELS,
@@ -8,13 +9,13 @@ from vislib.models.registry import (
     builder_for,
     default_layer_of,
     last_spatial_layer,
+    layer_layouts,
     layer_names,
     load,
     preprocessing_of,
     resolve_layer,
     spatial_layer_names,
 )
-from vislib.models.layout import Layout, layer_layout, spatial_view
 from vislib.models.spec import ModelSpec, load_spec
 from vislib.models.user import is_torchscript
 from vislib.preprocessing import Preprocessing, imagenet_class_names
@@ -28,6 +29,7 @@ __all__ = [
     "last_spatial_layer",
     "Layout",
     "layer_layout",
+    "layer_layouts",
     "load_spec",
     "default_layer_of",
     "imagenet_class_names",

@@ -255,18 +255,19 @@ def probe_layers(model: nn.Module, input_size: int, gradients: bool = False) -> 
         if layout is not None:
             layouts[name] = layout
             shapes[name] = tuple(layout.to_spatial(output).shape[1:])
-    driving = None
-    if gradients:
-        scores = _head_input(logits if isinstance(logits, torch.Tensor) else logits[0], outputs, inputs)
-        mix = torch.randn(scores.shape, generator=generator).to(scores.device, scores.dtype)
-        tracked = [name for name in layouts if outputs[name].requires_grad]
-        grads = torch.autograd.grad((scores * mix).sum(), [outputs[name] for name in tracked], allow_unused=True)
-        driving = [name for name, grad in zip(tracked, grads, strict=True)
-                   if grad is not None and bool(layouts[name].to_spatial(grad).abs().amax() > 0)]
+    scores = _head_input(logits if isinstance(logits, torch.Tensor) else logits[0], outputs, inputs)
+    tracked = [name for name in layouts if outputs[name].requires_grad]
+    if not (gradients and tracked and scores.requires_grad):
+        return LayerProbe(layouts, shapes, None)
+    mix = torch.randn(scores.shape, generator=generator).to(scores.device, scores.dtype)
+    grads = torch.autograd.grad((scores * mix).sum(), [outputs[name] for name in tracked], allow_unused=True)
+    driving = [name for name, grad in zip(tracked, grads, strict=True)
+               if grad is not None and bool(layouts[name].to_spatial(grad).abs().amax() > 0)]
     return LayerProbe(layouts, shapes, driving)
 
 
-def _head_input(logits: torch.Tensor, outputs: Mapping[str, torch.Tensor], inputs: Mapping[str, object]) -> torch.Tensor:
+def _head_input(logits: torch.Tensor, outputs: Mapping[str, torch.Tensor],
+                inputs: Mapping[str, object]) -> torch.Tensor:
     """What the layer that outputs the logits reads (the features the classifier sees), else the logits.
 
     Dependencies are read from these features rather than from the scores: a freshly initialised head may be all

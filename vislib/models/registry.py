@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vislib.errors import ConfigError, LayerError, MissingWeightsError, UnknownNameError, VislibError
-from vislib.models.layout import LAYOUTS_ATTRIBUTE, LayerProbe, probe_layers
+from vislib.models.layout import LAYOUTS_ATTRIBUTE, LayerProbe, Layout, probe_layers
 from vislib.models.user import is_torchscript
 from vislib.preprocessing import Preprocessing
 from vislib.registry import Registry, unknown_name_message
@@ -211,13 +211,21 @@ def last_spatial_layer(model: nn.Module, input_size: int) -> str:
     return probe_layers(model, input_size, gradients=True).default_layer()
 
 
-def spatial_layer_names(model: nn.Module, input_size: int | None = None) -> list[str]:
-    """Names of layers whose output holds a spatial grid of side > 1 (where CAM-style methods apply): [N,C,H,W]
-    maps, channels-last [N,H,W,C] maps and the patch tokens of vision transformers (`models.layout`)."""
+def layer_layouts(model: nn.Module, input_size: int | None = None) -> dict[str, Layout]:
+    """The layout of each layer whose output holds a spatial grid of side > 1, in layer order: [N,C,H,W] maps,
+    channels-last [N,H,W,C] maps and the patch tokens of vision transformers (`models.layout`).
+
+    The layouts the model carries from `load`, or those of a probe at `input_size` (the model's own by default).
+    """
     layouts = getattr(model, LAYOUTS_ATTRIBUTE, None) if input_size is None else None
     if layouts is None:
         layouts = probe_layers(model, input_size or preprocessing_of(model).input_size).layouts
-    return [name for name in layer_names(model) if name in layouts]
+    return {name: layouts[name] for name in layer_names(model) if name in layouts}
+
+
+def spatial_layer_names(model: nn.Module, input_size: int | None = None) -> list[str]:
+    """Names of layers whose output holds a spatial grid of side > 1 (where CAM-style methods apply)."""
+    return list(layer_layouts(model, input_size))
 
 
 def missing_weights(name: str, weights: str, url: str, filename: str) -> MissingWeightsError:
