@@ -2,6 +2,7 @@
 
 Run: python benchmarks/attribution.py [--batch 16] [--size 224] [--repeats 3] [--demonet CHECKPOINT]
 Writes benchmarks/results/attribution.md. Same model, input, batch, device and settings for all.
+`--vit-only` measures only the vision-transformer rows (vit_b_16) and replaces their section of that file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import captum.attr as ca  # noqa: E402
 import torch  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform  # noqa: E402
 from timing import best_seconds  # noqa: E402
 
 from vislib import methods, models  # noqa: E402
@@ -35,12 +37,12 @@ RESULTS = Path(__file__).parent / "results" / "attribution.md"
 WORKFLOW_DEMONET = Path(__file__).parent.parent / "results" / "models" / "demonet" / "model.pt"
 
 
-def pgc_cam(cls, net, layer, x, targets, **attrs):
+def pgc_cam(cls, net, layer, x, targets, reshape_transform=None, **attrs):
     """A pytorch-grad-cam CAM call through its public API (maps at input size)."""
     wanted = [ClassifierOutputTarget(int(t)) for t in targets]
 
     def run():
-        with cls(net, target_layers=[layer]) as cam:
+        with cls(net, target_layers=[layer], reshape_transform=reshape_transform) as cam:
             for key, value in attrs.items():
                 setattr(cam, key, value)
             return cam(input_tensor=x, targets=wanted)
@@ -111,6 +113,82 @@ def method_rows(net, x, targets, args) -> list[tuple[str, float, float | None, f
         rows.append((name, *speeds, note))
         print(name, speeds, flush=True)
     return rows
+
+
+VIT_SECTION = "## Vision transformer (vit_b_16)"
+
+
+def vit_rows(args) -> tuple[float, list[tuple[str, float, float | None, float | None, str]]]:
+    """Forward img/s and (method, vislib, pytorch-grad-cam, captum, settings) img/s on torchvision's vit_b_16."""
+    torch.manual_seed(0)
+    net = models.load("vit_b_16", "random")
+    # torchvision starts the head at zeros (every gradient 0): a seeded random head, as tests/methods/test_vit.py.
+    torch.nn.init.normal_(net.heads.head.weight, std=0.02)
+    layer_name = net.vislib_default_layer
+    layer = models.resolve_layer(net, layer_name)
+    x = torch.randn(args.vit_batch, 3, 224, 224)
+    with torch.no_grad():
+        targets = net(x).argmax(1)
+        forward = len(x) / best_seconds({"forward": lambda: net(x)}, args.repeats)["forward"]
+
+    def ours(name):
+        method = methods.get(name)
+        return lambda: method.explain(net, layer_name, x, targets)
+
+    specs = [
+        ("gradcam", ours("gradcam"), pgc_cam(GradCAM, net, layer, x, targets, vit_reshape_transform), None,
+         f"`{layer_name}`; pytorch-grad-cam with its `vit_reshape_transform`"),
+        ("vanilla_gradient", ours("vanilla_gradient"), None, lambda: ca.Saliency(net).attribute(x, target=targets),
+         ""),
+    ]
+    rows = []
+    for name, run_ours, run_pgc, run_captum, note in specs:
+        runs = {key: run for key, run in (("ours", run_ours), ("pgc", run_pgc), ("captum", run_captum)) if run}
+        seconds = best_seconds(runs, args.repeats)
+        net.zero_grad(set_to_none=True)
+        rows.append((name, *(len(x) / seconds[key] if key in seconds else None for key in ("ours", "pgc", "captum")),
+                     note))
+        print(rows[-1], flush=True)
+    return forward, rows
+
+
+def vit_section(forward: float, rows, args) -> list[str]:
+    """The results section of the vit_b_16 rows."""
+    lines = [
+        VIT_SECTION,
+        "",
+        f"torchvision's vit_b_16 (random weights, a seeded random head), 224x224 noise images, batch "
+        f"{args.vit_batch}, CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"no GPU), torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.1f} (2 cores shared with "
+        f"other work). Best of {args.repeats} rounds, the implementations alternating within a round; targets "
+        "given (the predicted classes). Layer methods read the default layer, the last block's first norm, whose "
+        "tokens vislib views as a [N,768,14,14] map (docs/methods.md, Vision transformers). These rows alone: "
+        f"`python benchmarks/attribution.py --vit-only --vit-batch {args.vit_batch} --repeats {args.repeats}`.",
+        "",
+        f"Forward pass only: **{forward:.2f} images/s**.",
+        "",
+        "| method | vislib img/s | pytorch-grad-cam img/s | captum img/s | vislib / faster peer | settings |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    return lines + [table_row(*row) for row in rows]
+
+
+def table_row(name: str, ours: float, pgc: float | None, cap: float | None, note: str) -> str:
+    """One row of a speed table, with vislib's speed over the faster peer's."""
+    best_peer = max((p for p in (pgc, cap) if p is not None), default=None)
+    ratio = f"{ours / best_peer:.2f}x" if best_peer else "—"
+    return f"| {name} | {fmt(ours)} | {fmt(pgc)} | {fmt(cap)} | {ratio} | {note} |"
+
+
+def replace_section(text: str, heading: str, section: list[str]) -> str:
+    """`text` with the section under `heading` (up to the next `## ` heading) replaced, or appended if absent."""
+    lines = text.rstrip("\n").split("\n")
+    if heading not in lines:
+        return "\n".join([*lines, "", *section]) + "\n"
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = ["", *lines[end:]] if end < len(lines) else []
+    return "\n".join([*lines[:start], *section, *tail]) + "\n"
 
 
 LAYOUT_CASES = [("demonet", "random", 64, 64), ("resnet18", "random", 224, 16), ("resnet50", "random", 224, 8),
@@ -241,9 +319,17 @@ def main() -> None:
                                           "else trained here, a few minutes)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--skip-speed", action="store_true", help="only the Score-CAM top-k section")
+    parser.add_argument("--vit-only", action="store_true", help="only the vit_b_16 rows, replacing their section "
+                                                                "of the results file")
+    parser.add_argument("--vit-batch", type=int, default=4, help="batch of the vit_b_16 rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vit_only:
+        section = vit_section(*vit_rows(args), args)
+        write_text(RESULTS, replace_section(RESULTS.read_text() if RESULTS.exists() else "", VIT_SECTION, section))
+        print("\n".join(section))
+        return
 
     torch.manual_seed(0)
     net = models.load("resnet18", "random")
@@ -291,10 +377,8 @@ def main() -> None:
             "| method | vislib img/s | pytorch-grad-cam img/s | captum img/s | vislib / faster peer | settings |",
             "|---|---:|---:|---:|---:|---|",
         ]
-        for name, ours, pgc, cap, note in rows:
-            best_peer = max((p for p in (pgc, cap) if p is not None), default=None)
-            ratio = f"{ours / best_peer:.2f}x" if best_peer else "—"
-            lines.append(f"| {name} | {fmt(ours)} | {fmt(pgc)} | {fmt(cap)} | {ratio} | {note} |")
+        lines += [table_row(*row) for row in rows]
+        lines += ["", *vit_section(*vit_rows(args), args)]
     if layouts:
         lines += [
             "",

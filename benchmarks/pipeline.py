@@ -44,6 +44,7 @@ CLASSES = [f"class_{i}" for i in range(6)]
 # reading ahead has the most to hide), MobileNetV3-small's a few times it.
 EXPLAIN_JOBS = [("demonet, 64 px, gradcam", "demonet", "features.14", "gradcam"),
                 ("mobilenet_v3_small, 224 px, gradcam", "mobilenet_v3_small", "features", "gradcam")]
+WALLS = ("wall before", "wall, read each", "wall, read ahead")
 EVALUATE_METRICS = {"pointing_game": {}, "energy_pointing_game": {}, "maxboxacc": {"thresholds": 20},
                     "average_drop": {}}
 
@@ -149,28 +150,21 @@ def difference_rows(dataset: CocoFormatDataset, count: int) -> list[str]:
 
 
 def job_row(label: str, threads: int, runs: dict[str, object], repeats: int) -> str:
-    """One job's decode, compute and wall times (s) and the wall time over the larger of decode and compute."""
+    """One job's decode, compute and wall times (s), each wall time also over the larger of decode and compute."""
     best = best_seconds(runs, repeats)
-    decode, compute = best["decode"], best["compute"]
-    bound = max(decode, compute)
-    return (f"| {label} | {threads} | {best['decode before']:.2f} | {decode:.2f} | {compute:.2f} | "
-            f"{best['wall before']:.2f} ({best['wall before'] / max(best['decode before'], compute):.2f}x) | "
-            f"{best['wall, read each']:.2f} ({best['wall, read each'] / bound:.2f}x) | "
-            f"{best['wall, read ahead']:.2f} ({best['wall, read ahead'] / bound:.2f}x) |")
+    bound = max(best["decode"], best["compute"])
+    walls = " | ".join(f"{best[key]:.2f} ({best[key] / bound:.2f}x)" for key in WALLS)
+    return f"| {label} | {threads} | {best['decode']:.2f} | {best['compute']:.2f} | {walls} |"
 
 
 def batch_runs(dataset: CocoFormatDataset, slices: list[list[int]],
                preprocessing: Preprocessing) -> tuple[dict[str, object], Preloaded]:
-    """The decode time of a job's batches, before and now, and the dataset with those batches decoded."""
+    """A job's decode time and the dataset with its batches decoded."""
     def read_all():
         return [dataset.load_batch(s, preprocessing) for s in slices]
 
-    def read_all_before():
-        with previous_decoding():
-            return read_all()
-
     preloaded = Preloaded(dataset, {tuple(s): b for s, b in zip(slices, read_all(), strict=True)})
-    return {"decode before": read_all_before, "decode": read_all}, preloaded
+    return {"decode": read_all}, preloaded
 
 
 def job_runs(job, dataset: CocoFormatDataset, preloaded: Preloaded) -> dict[str, object]:
@@ -216,12 +210,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the jobs")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = write_dataset(Path(tmp), args.images)
         ids = dataset.image_ids()
         decode = decode_rows(dataset, args.decode_images, args.repeats + 1)
-        differences = difference_rows(dataset, 30)
+        differences = difference_rows(dataset, args.images)
         jobs = []
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -237,8 +232,10 @@ def main() -> None:
         "# Input pipeline speed",
         "",
         f"`python benchmarks/pipeline.py --images {args.images} --batch-size {args.batch_size} --repeats "
-        f"{args.repeats}`: {machine}; torch {torch.__version__}; 1-min load average at the end "
-        f"{os.getloadavg()[0]:.1f} (a machine shared with other work: best of {args.repeats} alternating rounds).",
+        f"{args.repeats}`: {machine}; torch {torch.__version__}; 1-min load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (a machine shared with other work: best of {args.repeats} alternating "
+        "rounds). Reading ahead can only hide decoding on a core the model leaves free: with another process busy "
+        "on one of the two cores, it cannot.",
         "",
         f"Images: {args.images} generated ImageNet-sized JPEGs ({WIDTH}x{HEIGHT}, quality 90; crops of "
         "scikit-image's chelsea, coffee and astronaut, flipped and tinted).",
@@ -267,16 +264,15 @@ def main() -> None:
         "",
         f"`explain_shard` / `evaluate_shard` on {args.images} images in batches of {args.batch_size}, random weights, "
         "CPU. Decode: `load_batch` over every batch of the job in turn. Compute: the job on batches decoded "
-        "beforehand. Wall: the job as it runs, (before) with the previous decoding and each batch read when asked, "
-        "(read each) with the new decoding and `read_ahead=0`, (read ahead) with `read_ahead=1`, the default: a "
-        "background thread reads the next batch while the model works. In brackets: wall time over max(decode, "
-        "compute) (for the before column: with the previous decode time). torch threads: `torch.set_num_threads` "
-        "for the whole process; the read-ahead thread is one more thread beside them. The workflow's explain and "
-        "evaluate rules run with `threads: 1`.",
+        "beforehand. Wall: the job as it runs, (before) with the previous decoding and each batch read when it is "
+        "due, as vislib ran before; (read each) with the new decoding and `read_ahead=0`; (read ahead) with "
+        "`read_ahead=1`, the default: a background thread reads the next batch while the model works. In brackets: "
+        "the wall time over max(decode, compute). torch threads: `torch.set_num_threads` of the process (the "
+        "workflow's explain and evaluate rules run with `threads: 1`); the read-ahead thread is one more thread "
+        "beside them.",
         "",
-        "| job | torch threads | decode before s | decode s | compute s | wall before s | wall, read each s "
-        "| wall, read ahead s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| job | torch threads | decode s | compute s | wall before s | wall, read each s | wall, read ahead s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *jobs,
         "",
     ]

@@ -16,8 +16,14 @@ def _model(args: argparse.Namespace, weights: str):
     from vislib import models
     from vislib.pipeline import resolve_device
 
+    try:
+        factory_args = json.loads(args.factory_args)
+    except json.JSONDecodeError as exc:
+        raise VislibError(f"--factory-args must be a JSON object, e.g. '{{\"num_classes\": 10}}' ({exc})") from None
+    if not (args.model or args.factory or args.torchscript):
+        raise VislibError("name the model: an architecture, or --factory, or --torchscript")
     spec = {"arch": args.model, "factory": args.factory, "torchscript": args.torchscript,
-            "factory_args": json.loads(args.factory_args), "weights": weights, "num_classes": args.num_classes,
+            "factory_args": factory_args, "weights": weights, "num_classes": args.num_classes,
             "input_size": args.input_size}
     return models.load_spec({key: value for key, value in spec.items() if value}, resolve_device(args.device))
 

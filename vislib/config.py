@@ -212,6 +212,11 @@ def check_config(config: dict) -> None:
             if "arch" not in spec:
                 raise ConfigError(f"models.{name}.train: vislib trains `arch:` models only; train your own network "
                                   "yourself and give its checkpoint as `weights:`")
+            overrides = sorted({"input_size", "mean", "std", "class_names"} & set(spec))
+            if overrides:
+                raise ConfigError(f"models.{name}: {', '.join(overrides)} cannot be set on a model the workflow "
+                                  "trains (`train:`): training uses the architecture's own preprocessing and the "
+                                  "dataset's classes; drop them")
             _known("dataset", spec["train"]["dataset"], list(config["datasets"]), f"models.{name}.train.dataset")
         configured_model(config, name)
     _check_labels("method", "methods", {label: method_spec(config, label) for label in config["methods"]},
@@ -225,7 +230,6 @@ def check_config(config: dict) -> None:
             _known("method", method, list(config["methods"]), f"{where}.methods (configured under `methods:`)")
         for metric in exp["metrics"]:
             _known("metric", metric, list(config["metrics"]), f"{where}.metrics (configured under `metrics:`)")
-        _check_metric_needs(config, exp, where)
         for model, layer in _checked_layers(config, exp["models"], where):
             net = configured_model(config, model)
             for method in exp["methods"]:
@@ -238,6 +242,9 @@ def check_config(config: dict) -> None:
                         f"{where}.models.{model}: method {method!r} reads a spatial map of layer {layer!r}, which "
                         f"outputs shape {output_shape(config, model, layer)}; pick a layer with a spatial output "
                         f"(`vislib layers` marks them; the model's default is {net.vislib_default_layer!r})")
+            if exp.get("sanity"):
+                _needs_hooks(where, model, net, "the sanity check (it randomizes the model's layers)")
+        _check_metric_needs(config, exp, where)
     _check_user_images(config)
     _check_featvis(config)
     _check_lavise(config)

@@ -14,7 +14,7 @@ from torch import nn
 
 from vislib import methods, models
 from vislib.config import check_config
-from vislib.errors import ConfigError, MissingWeightsError, UnknownNameError, VislibError
+from vislib.errors import ConfigError, LayerError, MissingWeightsError, UnknownNameError, VislibError
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_FACTORY = f"{REPO}/config/examples/my_net.py:build"
@@ -204,3 +204,32 @@ def test_a_layer_method_on_a_layer_without_a_spatial_output_is_refused_at_config
                                           r"\(1, 10\); pick a layer with a spatial output .* default is '2'"):
         check_config(_config({"factory": EXAMPLE_FACTORY}, ["gradcam"], ["5"]))
     check_config(_config({"factory": EXAMPLE_FACTORY}, ["vanilla_gradient"], ["5"]))
+
+
+def test_timm_pretrained_weights_never_reach_the_network(monkeypatch):
+    timm = pytest.importorskip("timm")
+    from huggingface_hub import constants
+
+    seen, before = [], constants.HF_HUB_OFFLINE
+
+    def create_model(name, pretrained=False, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    with pytest.raises(MissingWeightsError):
+        models.load_spec({"arch": "timm:resnet50.a1_in1k", "weights": "pretrained"})
+    assert seen == [True] and constants.HF_HUB_OFFLINE == before
+
+
+def test_model_entry_mistakes_are_config_errors(tmp_path):
+    bad_json = tmp_path / "classes.json"
+    bad_json.write_text('{"0": "cat"}')
+    with pytest.raises(ConfigError, match="must hold a JSON list"):
+        models.load_spec({"factory": EXAMPLE_FACTORY, "class_names": str(bad_json)})
+    with pytest.raises(LayerError, match="Did you mean"):
+        models.load_spec({"factory": EXAMPLE_FACTORY, "layer": "2.7"})
+    config = _config({"arch": "demonet", "train": {"dataset": "shapes"}, "input_size": 96}, ["gradcam"],
+                     ["features.14"])
+    with pytest.raises(ConfigError, match="input_size cannot be set on a model the workflow trains"):
+        check_config(config)

@@ -123,7 +123,8 @@ def source_classes(params: dict, classes: ModelClasses | None) -> SourceClasses:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
+    # Not resolve(): a link inside the folder to an image elsewhere is the user's image in that folder.
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def prepare_csv(root: str | os.PathLike, path: str | None = None, images: str | None = None, split: str = "val",
@@ -158,7 +159,7 @@ def prepare_csv(root: str | os.PathLike, path: str | None = None, images: str | 
             clipped += was_clipped
             objects.append({"category": classes.label_names[classes.labels[row.label]], "bbox": box})
             areas.append((box[2] * box[3], classes.labels[row.label]))
-        writer.add_image(image_id, file.resolve().relative_to(folder.resolve()).as_posix(), *size,
+        writer.add_image(image_id, Path(os.path.abspath(file)).relative_to(os.path.abspath(folder)).as_posix(), *size,
                          max(areas)[1] if areas else _image_label(rows, classes, csv_path), objects)
     if clipped:
         log.info("%d boxes reaching outside their image were clipped to it", clipped)

@@ -38,7 +38,8 @@ def figure_grid(*, heatmaps: list[str], methods: dict[str, tuple[str, dict[str, 
 
     shards = [load_shard(p) for p in heatmaps]
     ids = [int(i) for i in shards[0].image_ids[:n_images]]
-    preprocessing = models.preprocessing_of(load_model(model, "cpu"))
+    # Random weights: only the preprocessing is read, and it does not depend on them.
+    preprocessing = models.preprocessing_of(load_model({**model, "weights": "random"}, "cpu"))
     ds = dataset.open()
     batch = ds.load_batch(ids, preprocessing)
     size = preprocessing.input_size

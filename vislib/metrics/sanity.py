@@ -13,7 +13,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from vislib import methods
-from vislib.errors import ConfigError
+from vislib.errors import ConfigError, VislibError
 from vislib.runlog import Progress
 
 
@@ -68,6 +68,9 @@ def randomization_curve(model: nn.Module, layer: str, method_name: str, method_p
     randomized = copy.deepcopy(model)
     modules = dict(randomized.named_modules())
     order = weight_layers(randomized)
+    if not order:
+        raise VislibError(f"the sanity check randomizes the model's weight layers, and {type(model).__name__} "
+                          "exposes none (a TorchScript model hides them): give the Python model")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     rows = []

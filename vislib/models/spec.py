@@ -13,7 +13,15 @@ import torch
 from torch import nn
 
 from vislib.errors import ConfigError
-from vislib.models.registry import LoadedModel, build, finish, is_checkpoint_path, load_state, read_checkpoint
+from vislib.models.registry import (
+    LoadedModel,
+    build,
+    finish,
+    is_checkpoint_path,
+    load_state,
+    read_checkpoint,
+    resolve_layer,
+)
 from vislib.models.user import build_from_factory, load_torchscript
 from vislib.preprocessing import IMAGENET, Preprocessing, imagenet_class_names
 
@@ -106,6 +114,8 @@ def load_spec(spec: ModelSpec | Mapping[str, Any], device: str | torch.device = 
     else:
         loaded = _user_model(spec)
     loaded = _with_overrides(loaded, spec)
+    if spec.layer:
+        resolve_layer(loaded.module, spec.layer)
     return finish(loaded, spec.name, device)
 
 
@@ -153,8 +163,17 @@ def _class_names(spec: ModelSpec, outputs: int) -> list[str]:
         if not path.is_file():
             raise ConfigError(f"model {spec.name!r}: class_names file {spec.class_names!r} does not exist")
         text = path.read_text()
-        names = json.loads(text) if path.suffix == ".json" else [line.strip() for line in text.splitlines()
-                                                                   if line.strip()]
+        if path.suffix == ".json":
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"model {spec.name!r}: class_names file {spec.class_names!r} is not JSON "
+                                  f"({exc})") from None
+            if not isinstance(names, list):
+                raise ConfigError(f"model {spec.name!r}: class_names file {spec.class_names!r} must hold a JSON "
+                                  f"list of names, not a {type(names).__name__}")
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         names = list(spec.class_names)
     if len(names) != outputs:

@@ -7,7 +7,6 @@ these runs never download.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,16 +29,18 @@ def _timm():
 
 @contextmanager
 def _offline() -> Iterator[None]:
-    """Let timm read the Hugging Face cache but never reach the network."""
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    """Let timm read the Hugging Face cache but never reach the network.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, when it is imported, so the flag is set on its constants.
+    """
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+        constants.HF_HUB_OFFLINE = previous
 
 
 def _build(name: str, weights: str, num_classes: int | None) -> LoadedModel:
@@ -70,7 +71,7 @@ def _resolve(arch: str) -> ModelBuilder | None:
     if not arch.startswith(PREFIX):
         return None
     name = arch.removeprefix(PREFIX)
-    if name not in _timm().list_models():
+    if not _timm().is_model(name):
         return None
     return functools.partial(_build, name)
 
