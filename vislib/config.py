@@ -128,7 +128,7 @@ def _output_shape(spec_json: str, layer: str | None) -> tuple[int, ...]:
     """Shape of `layer`'s output (the logits for None) on one image of the model's input size."""
     model = _probe_model(spec_json)
     size = models.preprocessing_of(model).input_size
-    sample = torch.zeros(1, 3, size, size)
+    sample = models.probe_image(size)
     if layer is None:
         with torch.no_grad():
             return tuple(model(sample).shape)

@@ -81,6 +81,8 @@ def test_token_and_channels_last_outputs_are_viewed_as_channels_first_maps_and_b
     ((1, 196, 192), 1, Tokens(0)),  # a ViT's patch embedding, before the class token is prepended
     ((1, 49, 768), None, Tokens(0)),  # timm Swin's norm2: [N,h*w,C] without prefix
     ((1, 201, 64), None, Tokens(5)),  # no declared count: what is left below the largest square
+    ((1, 20, 8), 4, Tokens(4)),  # a 4x4 grid after 4 tokens, as declared: more than the leftover rule takes
+    ((1, 20, 8), None, None),
     ((64, 49, 96), None, None),  # Swin's windows stacked along the batch
     ((1, 3, 197, 64), 1, None),  # a ViT's per-head queries
     ((1, 10), None, None),
@@ -169,6 +171,25 @@ def test_vanilla_gradient_runs_on_vit_b_16(vit_b_16):
     assert result.maps.shape == (1, 224, 224) and torch.isfinite(result.maps).all() and (result.maps > 0).any()
 
 
+def test_frozen_model_hands_batch_first_attention_its_inputs_token_major(vit_b_16):
+    """torch's MultiheadAttention transposes [N,T,E] to [T,N,E]; stored token-major, that view is contiguous, and
+    its projections run as one matrix product even with frozen weights."""
+    attention = vit_b_16.encoder.layers.encoder_layer_0.self_attention
+    x = torch.randn(1, 3, 224, 224)
+    before = hook_count(vit_b_16)
+    seen = []
+    with torch.no_grad():
+        reference = vit_b_16(x)
+        with frozen_model(vit_b_16):
+            handle = attention.register_forward_pre_hook(lambda _module, args: seen.append(args[:3]))
+            frozen = vit_b_16(x)
+            handle.remove()
+    query, key, value = seen[0]
+    assert query is key is value and query.transpose(0, 1).is_contiguous()
+    torch.testing.assert_close(frozen, reference, rtol=1e-5, atol=1e-5)
+    assert hook_count(vit_b_16) == before
+
+
 def _filter_grid_tokens(masks: torch.Tensor):
     """A forward hook that multiplies a ViT block's patch tokens [N,1+h*w,C] by `masks` [N,1,h,w], written out."""
     def hook(_module, _inputs, output):
@@ -214,7 +235,8 @@ def test_score_cam_and_the_shared_capture_read_a_token_layer_as_its_grid(vit_tin
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad(), frozen_model(vit_tiny), capture_layer(vit_tiny, "blocks.5") as capture:
         vit_tiny(x)
-        tokens = vit_tiny.blocks[5](vit_tiny.blocks[:5](vit_tiny.norm_pre(vit_tiny._pos_embed(vit_tiny.patch_embed(x)))))
+        embedded = vit_tiny.norm_pre(vit_tiny._pos_embed(vit_tiny.patch_embed(x)))
+        tokens = vit_tiny.blocks[:6](embedded)
         spatial = capture.spatial("blocks.5", "lavise")
     expected = tokens[:, 1:].reshape(2, 14, 14, 192).permute(0, 3, 1, 2)
     torch.testing.assert_close(spatial, expected, rtol=1e-5, atol=1e-5)

@@ -123,9 +123,9 @@ class Batch:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file into uint8 [H,W,3] RGB; raise ImageDecodeError naming the file if it cannot be read.
 
-    torchvision's decoders read JPEG, PNG, GIF and WEBP (about 3x faster than PIL's decode and conversion, and
-    they release the GIL, so a read-ahead thread decodes beside the model); PIL reads every other format (BMP,
-    TIFF, ...) and words the error of a file neither can read. A 16-bit PNG is scaled to 8 bits.
+    torchvision's decoders read JPEG, PNG, GIF and WEBP (they release the GIL, so a read-ahead thread decodes
+    beside the model); PIL reads every other format (BMP, TIFF, ...) and gives the reason when neither can read a
+    file. Both give the same pixels (docs/datasets.md); a 16-bit PNG is scaled to 8 bits.
     """
     # Imported here: torchvision costs seconds of start-up in every job that reads no image.
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -153,8 +153,8 @@ def to_input(pixels: np.ndarray, size: int, resize: str = "stretch") -> torch.Te
     """uint8 [H,W,3] -> float [3,size,size] in [0,1], resized by protocol `resize`.
 
     The resize (bilinear, antialiased) runs on the uint8 image, as torchvision's transforms do on a decoded image,
-    and only the input is converted to float: within 1/255 of resizing in float (docs/datasets.md) and several
-    times faster.
+    and only the model input is converted to float: several times cheaper than resizing in float, and within about
+    a level (1.1/255) of it (docs/datasets.md).
     """
     from torchvision.transforms.v2.functional import resize as resize_image
 

@@ -23,6 +23,7 @@ from vislib.featvis.base import (
 from vislib.featvis.engine import PLAIN_SETTINGS, EngineSettings, optimize, settings_from
 from vislib.featvis.fold import fold_batch_norms
 from vislib.methods.hooks import frozen_model
+from vislib.models.layout import probe_image
 from vislib.models.registry import preprocessing_of
 from vislib.params import param, with_defaults
 
@@ -76,7 +77,7 @@ class ClassImage(FeatVisMethod):
         device = next(model.parameters()).device
         side = self.params["size"] or preprocessing.input_size
         with frozen_model(model), torch.no_grad():
-            num_classes = model(torch.zeros(1, 3, side, side, device=device)).shape[1]
+            num_classes = model(probe_image(side, device)).shape[1]
         classes = check_units(units, num_classes, "class", self.name)
         init = unit_start(self.params["init"], classes, (side, side), self.params["seed"], self.params["init_std"],
                           self.params["init_range"], preprocessing).to(device)

@@ -21,11 +21,35 @@ class _HasInplace(Protocol):
     inplace: bool
 
 
+def _token_major_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of a batch-first nn.MultiheadAttention: its query, key and value [N,T,E] on the CPU, the
+    same values stored token-major ([T,N,E] memory), so the module's own transpose to [T,N,E] is contiguous.
+
+    From the non-contiguous transpose of a [N,T,E] tensor, aten's matmul runs a projection whose weight requires no
+    grad (the frozen model's) as a broadcast bmm rather than one mm: about 2x slower on the CPU (torchvision's ViT
+    attention, benchmarks/results/attribution.md). One tensor passed as several inputs stays one tensor, which the
+    module's self-attention path checks with `is`.
+    """
+    stored: dict[int, torch.Tensor] = {}
+
+    def token_major(value: object) -> object:
+        if not isinstance(value, torch.Tensor) or value.ndim != 3 or value.device.type != "cpu":
+            return value
+        if id(value) not in stored:
+            stored[id(value)] = value.transpose(0, 1).contiguous().transpose(0, 1)
+        return stored[id(value)]
+
+    attention_inputs = ("query", "key", "value")
+    return (tuple(token_major(value) for value in args[:3]) + args[3:],
+            {key: token_major(value) if key in attention_inputs else value for key, value in kwargs.items()})
+
+
 @contextlib.contextmanager
 def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     """Turn off parameter grads and in-place activations for the block; restore both afterwards.
 
-    In-place ReLUs would overwrite a hooked activation that autograd still needs.
+    In-place ReLUs would overwrite a hooked activation that autograd still needs. Batch-first attention modules get
+    their inputs stored token-major for the block (`_token_major_inputs`), which frozen weights would otherwise slow.
     """
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     inplace_modules = [m for m in model.modules() if isinstance(m, _HasInplace) and m.inplace is True]
@@ -35,9 +59,13 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     for m in inplace_modules:
         m.inplace = False
     model.eval()
+    handles = [m.register_forward_pre_hook(_token_major_inputs, with_kwargs=True) for m in model.modules()
+               if isinstance(m, nn.MultiheadAttention) and m.batch_first]
     try:
         yield model
     finally:
+        for handle in handles:
+            handle.remove()
         for p, flag in grad_flags:
             p.requires_grad_(flag)
         for m in inplace_modules:

@@ -1,6 +1,7 @@
 """L2-CAF (Taha et al., ECCV 2020, arXiv 2007.09748): a unit-norm spatial filter optimised per image.
 
-One filter f [h,w], shared by all channels, multiplies the output A of the chosen layer. The free
+One filter f [h,w], shared by all channels, multiplies the output A of the chosen layer (a vision transformer's
+patch tokens, its prefix tokens untouched: `vislib.models.layout`). The free
 variable is v and the forward pass uses f = v / ||v|| (or a softmax or Gaussian mask). The
 class-oblivious variant keeps the filtered logits close to the unfiltered ones; the class-specific
 variant raises the target logit and lowers all others. Both run a whole batch at once: every image

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vislib.errors import ConfigError
+from vislib.models.layout import probe_image
 from vislib.models.registry import (
     LoadedModel,
     build,
@@ -144,7 +145,7 @@ def _with_overrides(loaded: LoadedModel, spec: ModelSpec) -> LoadedModel:
 def _output_count(module: nn.Module, input_size: int, name: str) -> int:
     with torch.no_grad():
         try:
-            logits = module(torch.zeros(1, 3, input_size, input_size))
+            logits = module(probe_image(input_size))
         except Exception as exc:  # the user's network may fail in any way on a wrong input size
             raise ConfigError(f"model {name!r} fails on a [1,3,{input_size},{input_size}] input "
                               f"({type(exc).__name__}: {exc}); set its `input_size`") from exc
