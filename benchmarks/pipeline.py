@@ -2,8 +2,8 @@
 torchvision's decoder and a uint8 resize), and explain and evaluate jobs' wall time against the larger of their
 decode time and their compute time, reading each batch when asked or reading the next one ahead.
 
-Run: python benchmarks/pipeline.py [--images 320] [--batch-size 32] [--repeats 5] [--threads 1 2]
-Writes benchmarks/results/pipeline.md.
+Run: python benchmarks/pipeline.py [--images 320] [--batch-size 32] [--repeats 8] [--threads 1 2]
+Writes benchmarks/results/pipeline.md; a `## Notes` section at its end is kept.
 
 The images are generated ImageNet-sized JPEGs (500x375, quality 90): crops of scikit-image's photos, flipped and
 tinted. A job's decode time is reading all its batches one after the other (`load_batch`: decode, resize,
@@ -38,6 +38,7 @@ from vislib.pipeline import evaluate_shard, explain_shard
 from vislib.preprocessing import Preprocessing
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.md"
+NOTES_HEADING = "## Notes"  # a hand-written section at the end of the results file, kept when it is rewritten
 WIDTH, HEIGHT = 500, 375
 CLASSES = [f"class_{i}" for i in range(6)]
 # (label, model, layer, method) of the explain jobs: the demo net's compute is about its decode time, the case where
@@ -206,7 +207,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320, help="images per job")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--decode-images", type=int, default=100, help="images per round of the decode timing")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the jobs")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
@@ -227,6 +228,8 @@ def main() -> None:
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
                f"{'a GPU present but unused' if torch.cuda.is_available() else 'no GPU'}")
+    if os.nice(0):
+        machine += f", run at niceness {os.nice(0)} (ahead of the machine's other work)"
     lines = [
         "# Input pipeline speed",
         "",
@@ -275,8 +278,11 @@ def main() -> None:
         *jobs,
         "",
     ]
-    write_text(RESULTS, "\n".join(lines))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    previous = RESULTS.read_text() if RESULTS.exists() else ""
+    notes = previous[previous.index(NOTES_HEADING):] if NOTES_HEADING in previous else ""
+    write_text(RESULTS, text + ("\n" + notes if notes else ""))
+    print(text)
 
 
 if __name__ == "__main__":
