@@ -135,3 +135,17 @@ def test_the_metrics_table_says_which_protocol_ran(cropped_dataset, resize):
         assert table["boxes_outside_crop"].tolist() == [1]
     else:
         assert "boxes_outside_crop" not in table
+
+
+def test_an_animated_gif_reads_its_first_frame_as_pil_does(tmp_path):
+    from PIL import Image
+
+    from vislib.data.dataset import read_image
+
+    frames = [Image.new("RGB", (20, 10), color) for color in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    path = tmp_path / "animated.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    pixels = read_image(path)
+    with Image.open(path) as first:
+        expected = np.array(first.convert("RGB"))
+    assert pixels.shape == (10, 20, 3) and np.array_equal(pixels, expected)

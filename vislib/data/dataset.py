@@ -135,6 +135,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         pixels = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except RuntimeError:
         return _read_image_with_pil(path)
+    if pixels.ndim == 4:
+        # An animated GIF decodes to [frames,3,H,W]; PIL reads its first frame, and so does vislib.
+        pixels = pixels[0]
     if pixels.dtype != torch.uint8:
         pixels = to_dtype(pixels, torch.uint8, scale=True)
     # The decoders return [3,H,W] over [H,W,3] memory: this view is contiguous.
