@@ -54,7 +54,7 @@ def test_pixels_match_torchvisions_transform_of_the_decoded_image(resize):
 
 # How far resizing the uint8 image (to_input) lands from resizing it in float, in [0,1] units (docs/datasets.md):
 # the uint8 resize rounds each pixel to a whole level, and its fixed-point weights add a little (measured: at most
-# 1.006 levels, mean 0.26-0.31, benchmarks/results/pipeline.md).
+# 1.006 levels, mean 0.25-0.31, benchmarks/results/pipeline.md).
 FLOAT_RESIZE_MAX = 1.1 / 255
 FLOAT_RESIZE_MEAN = 0.35 / 255
 
