@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -329,20 +329,28 @@ class ItemReader:
         """One epoch of batches; shard order and items within shards are shuffled with `generator`."""
         order = (torch.randperm(self.cache.n_shards, generator=generator).tolist() if shuffle
                  else list(range(self.cache.n_shards)))
-        carry_x, carry_t = torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
-        for index in order:
-            x, t = self._items(index)
-            if shuffle:
-                perm = torch.randperm(len(x), generator=generator)
-                x, t = x[perm], t[perm]
-            if len(carry_x):
-                x, t = torch.cat([carry_x, x]), torch.cat([carry_t, t])
-            full = len(x) // batch_size * batch_size
-            for s in range(0, full, batch_size):
-                yield x[s:s + batch_size], t[s:s + batch_size]
-            carry_x, carry_t = x[full:], t[full:]
-        if len(carry_x):
-            yield carry_x, carry_t
+        yield from rebatch((self._items(index) for index in order), batch_size, generator, shuffle)
+
+
+def rebatch(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], batch_size: int,
+            generator: torch.Generator | None, shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of `batch_size` (x, t) items from chunks of any size, each chunk shuffled with `generator`; the
+    items left over from a chunk go first into the next batch, the last batch may be short."""
+    carry: tuple[torch.Tensor, torch.Tensor] | None = None
+    for x, t in chunks:
+        if not len(x):
+            continue
+        if shuffle:
+            perm = torch.randperm(len(x), generator=generator)
+            x, t = x[perm], t[perm]
+        if carry is not None:
+            x, t = torch.cat([carry[0], x]), torch.cat([carry[1], t])
+        full = len(x) // batch_size * batch_size
+        for start in range(0, full, batch_size):
+            yield x[start:start + batch_size], t[start:start + batch_size]
+        carry = (x[full:], t[full:]) if full < len(x) else None
+    if carry is not None:
+        yield carry
 
 
 def augmentation(size: int):  # -> torchvision.transforms.v2.Compose (torchvision is imported only when asked)
@@ -439,19 +447,5 @@ class AugmentedItemReader:
         `generator`, the crops and flips drawn from torch's global generator."""
         order = (self.images[torch.randperm(len(self.images), generator=generator).numpy()] if shuffle
                  else self.images)
-        carry_x, carry_t = torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
-        for s in range(0, len(order), self.image_batch):
-            x, t = self._items(order[s:s + self.image_batch])
-            if not len(x):
-                continue
-            if shuffle:
-                perm = torch.randperm(len(x), generator=generator)
-                x, t = x[perm], t[perm]
-            if len(carry_x):
-                x, t = torch.cat([carry_x, x]), torch.cat([carry_t, t])
-            full = len(x) // batch_size * batch_size
-            for b in range(0, full, batch_size):
-                yield x[b:b + batch_size], t[b:b + batch_size]
-            carry_x, carry_t = x[full:], t[full:]
-        if len(carry_x):
-            yield carry_x, carry_t
+        chunks = (self._items(order[s:s + self.image_batch]) for s in range(0, len(order), self.image_batch))
+        yield from rebatch(chunks, batch_size, generator, shuffle)
