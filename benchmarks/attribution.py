@@ -14,6 +14,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM prints a progress bar per image
 
@@ -34,6 +35,17 @@ from vislib.methods.postprocess import normalize_maps  # noqa: E402
 from vislib.training import TrainConfig, train_classifier  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "attribution.md"
+PGC, TORCHCAM, CAPTUM = "pytorch-grad-cam", "torchcam", "captum"
+PEERS = (PGC, TORCHCAM, CAPTUM)
+
+
+class Row(NamedTuple):
+    """One method's speed in images/s: vislib's and each peer's that implements it."""
+
+    method: str
+    vislib: float
+    peers: dict[str, float]
+    note: str
 WORKFLOW_DEMONET = Path(__file__).parent.parent / "results" / "models" / "demonet" / "model.pt"
 
 
@@ -56,8 +68,8 @@ def pgc_guided(net, x, targets):
     return lambda: [model(x[i:i + 1].clone(), int(targets[i])) for i in range(len(x))]
 
 
-def method_rows(net, x, targets, args) -> list[tuple[str, float, float | None, float | None, str]]:
-    """(method, vislib, pytorch-grad-cam, captum, settings) in images/s for every vislib method."""
+def method_rows(net, x, targets, args) -> list[Row]:
+    """Every vislib method's speed, and its peers' where they implement it."""
     layer_name = "layer4"
     layer = models.resolve_layer(net, layer_name)
     steps, samples, repeats = args.steps, args.samples, args.repeats
@@ -69,57 +81,58 @@ def method_rows(net, x, targets, args) -> list[tuple[str, float, float | None, f
         return lambda: method.explain(net, layer_name, images, wanted)
 
     specs = [
-        ("cam", ours("cam"), None, None, repeats, "no peer implements plain CAM"),
-        ("gradcam", ours("gradcam"), pgc_cam(GradCAM, net, layer, x, targets),
-         lambda: ca.LayerGradCam(net, layer).attribute(x, target=targets), repeats, ""),
-        ("gradcampp", ours("gradcampp"), pgc_cam(GradCAMPlusPlus, net, layer, x, targets), None, repeats, ""),
-        ("layercam", ours("layercam"), pgc_cam(LayerCAM, net, layer, x, targets), None, repeats, ""),
+        ("cam", ours("cam"), {}, repeats, "no peer implements plain CAM"),
+        ("gradcam", ours("gradcam"), {PGC: pgc_cam(GradCAM, net, layer, x, targets),
+                                     CAPTUM: lambda: ca.LayerGradCam(net, layer).attribute(x, target=targets)},
+         repeats, ""),
+        ("gradcampp", ours("gradcampp"), {PGC: pgc_cam(GradCAMPlusPlus, net, layer, x, targets)}, repeats, ""),
+        ("layercam", ours("layercam"), {PGC: pgc_cam(LayerCAM, net, layer, x, targets)}, repeats, ""),
         # softmax over channels: pytorch-grad-cam's rule, so both compute the same maps.
         ("scorecam (exact)", ours("scorecam", xs, ts, batch_size=32, softmax="channels"),
-         pgc_cam(ScoreCAM, net, layer, xs, ts, batch_size=32), None, 1,
+         {PGC: pgc_cam(ScoreCAM, net, layer, xs, ts, batch_size=32)}, 1,
          f"{args.scorecam_batch} images (512 masked forwards each), 32 masked images per pass"),
         ("scorecam top_channels=64", ours("scorecam", xs, ts, batch_size=32, top_channels=64, softmax="channels"),
-         None, None, 1,
+         {}, 1,
          f"{args.scorecam_batch} images, 64 of 512 channels scored; no peer has top-k"),
-        ("vanilla_gradient", ours("vanilla_gradient"), None,
-         lambda: ca.Saliency(net).attribute(x, target=targets), repeats, ""),
-        ("guided_backprop", ours("guided_backprop"), pgc_guided(net, x, targets),
-         lambda: ca.GuidedBackprop(net).attribute(x, target=targets), repeats,
+        ("vanilla_gradient", ours("vanilla_gradient"),
+         {CAPTUM: lambda: ca.Saliency(net).attribute(x, target=targets)}, repeats, ""),
+        ("guided_backprop", ours("guided_backprop"),
+         {PGC: pgc_guided(net, x, targets), CAPTUM: lambda: ca.GuidedBackprop(net).attribute(x, target=targets)},
+         repeats,
          "pytorch-grad-cam: one image per call"),
-        ("guided_gradcam", ours("guided_gradcam"), None,
-         lambda: ca.GuidedGradCam(net, layer).attribute(x, target=targets), repeats, ""),
-        ("gradient_x_input", ours("gradient_x_input"), None,
-         lambda: ca.InputXGradient(net).attribute(x, target=targets), repeats, ""),
-        ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=64), None,
-         lambda: ca.IntegratedGradients(net).attribute(x, target=targets, n_steps=steps, method="riemann_middle",
-                                                       internal_batch_size=64), max(1, repeats - 1),
+        ("guided_gradcam", ours("guided_gradcam"),
+         {CAPTUM: lambda: ca.GuidedGradCam(net, layer).attribute(x, target=targets)}, repeats, ""),
+        ("gradient_x_input", ours("gradient_x_input"),
+         {CAPTUM: lambda: ca.InputXGradient(net).attribute(x, target=targets)}, repeats, ""),
+        ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=64),
+         {CAPTUM: lambda: ca.IntegratedGradients(net).attribute(x, target=targets, n_steps=steps,
+                                                               method="riemann_middle", internal_batch_size=64)},
+         max(1, repeats - 1),
          f"{steps} steps, riemann_middle, 64 images per pass"),
-        ("smoothgrad", ours("smoothgrad", samples=samples, batch_size=64), None,
-         lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(x, target=targets, nt_type="smoothgrad",
-                                                            nt_samples=samples, stdevs=std,
-                                                            nt_samples_batch_size=max(1, 64 // len(x))),
+        ("smoothgrad", ours("smoothgrad", samples=samples, batch_size=64),
+         {CAPTUM: lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(x, target=targets, nt_type="smoothgrad",
+                                                                    nt_samples=samples, stdevs=std,
+                                                                    nt_samples_batch_size=max(1, 64 // len(x)))},
          max(1, repeats - 1), f"{samples} samples of vanilla_gradient, 64 images per pass"),
-        ("l2caf_oblivious", ours("l2caf_oblivious"), None, None, repeats,
+        ("l2caf_oblivious", ours("l2caf_oblivious"), {}, repeats,
          "defaults (max 1000 iterations, stopping rule); no peer: see l2caf.md for the seeds' loops"),
-        ("l2caf_specific", ours("l2caf_specific"), None, None, repeats, "as l2caf_oblivious"),
+        ("l2caf_specific", ours("l2caf_specific"), {}, repeats, "as l2caf_oblivious"),
     ]
     rows = []
-    for name, run_ours, run_pgc, run_captum, rounds, note in specs:
+    for name, run_ours, peers, rounds, note in specs:
         count = args.scorecam_batch if name.startswith("scorecam") else len(x)
-        runs = {key: run for key, run in (("ours", run_ours), ("pgc", run_pgc), ("captum", run_captum)) if run}
-        seconds = best_seconds(runs, rounds)
+        seconds = best_seconds({"vislib": run_ours, **peers}, rounds)
         net.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
-        speeds = [count / seconds[key] if key in seconds else None for key in ("ours", "pgc", "captum")]
-        rows.append((name, *speeds, note))
-        print(name, speeds, flush=True)
+        rows.append(Row(name, count / seconds["vislib"], {peer: count / seconds[peer] for peer in peers}, note))
+        print(rows[-1], flush=True)
     return rows
 
 
 VIT_SECTION = "## Vision transformer (vit_b_16)"
 
 
-def vit_rows(args) -> tuple[float, list[tuple[str, float, float | None, float | None, str]]]:
-    """Forward img/s and (method, vislib, pytorch-grad-cam, captum, settings) img/s on torchvision's vit_b_16."""
+def vit_rows(args) -> tuple[float, list[Row]]:
+    """Forward img/s and the method rows on torchvision's vit_b_16."""
     torch.manual_seed(0)
     net = models.load("vit_b_16", "random")
     # torchvision starts the head at zeros (every gradient 0): a seeded random head, as tests/methods/test_vit.py.
@@ -136,18 +149,16 @@ def vit_rows(args) -> tuple[float, list[tuple[str, float, float | None, float | 
         return lambda: method.explain(net, layer_name, x, targets)
 
     specs = [
-        ("gradcam", ours("gradcam"), pgc_cam(GradCAM, net, layer, x, targets, vit_reshape_transform), None,
+        ("gradcam", ours("gradcam"), {PGC: pgc_cam(GradCAM, net, layer, x, targets, vit_reshape_transform)},
          f"`{layer_name}`; pytorch-grad-cam with its `vit_reshape_transform`"),
-        ("vanilla_gradient", ours("vanilla_gradient"), None, lambda: ca.Saliency(net).attribute(x, target=targets),
+        ("vanilla_gradient", ours("vanilla_gradient"), {CAPTUM: lambda: ca.Saliency(net).attribute(x, target=targets)},
          ""),
     ]
     rows = []
-    for name, run_ours, run_pgc, run_captum, note in specs:
-        runs = {key: run for key, run in (("ours", run_ours), ("pgc", run_pgc), ("captum", run_captum)) if run}
-        seconds = best_seconds(runs, args.repeats)
+    for name, run_ours, peers, note in specs:
+        seconds = best_seconds({"vislib": run_ours, **peers}, args.repeats)
         net.zero_grad(set_to_none=True)
-        rows.append((name, *(len(x) / seconds[key] if key in seconds else None for key in ("ours", "pgc", "captum")),
-                     note))
+        rows.append(Row(name, len(x) / seconds["vislib"], {peer: len(x) / seconds[peer] for peer in peers}, note))
         print(rows[-1], flush=True)
     return forward, rows
 
@@ -167,17 +178,23 @@ def vit_section(forward: float, rows, args) -> list[str]:
         "",
         f"Forward pass only: **{forward:.2f} images/s**.",
         "",
-        "| method | vislib img/s | pytorch-grad-cam img/s | captum img/s | vislib / faster peer | settings |",
-        "|---|---:|---:|---:|---:|---|",
+        *TABLE_HEADER,
     ]
-    return lines + [table_row(*row) for row in rows]
+    return lines + [table_row(row) for row in rows]
 
 
-def table_row(name: str, ours: float, pgc: float | None, cap: float | None, note: str) -> str:
-    """One row of a speed table, with vislib's speed over the faster peer's."""
-    best_peer = max((p for p in (pgc, cap) if p is not None), default=None)
-    ratio = f"{ours / best_peer:.2f}x" if best_peer else "—"
-    return f"| {name} | {fmt(ours)} | {fmt(pgc)} | {fmt(cap)} | {ratio} | {note} |"
+TABLE_HEADER = [
+    "| method | vislib img/s | " + " | ".join(f"{peer} img/s" for peer in PEERS) + " | vislib / fastest peer | settings |",
+    "|---|---:|" + "---:|" * len(PEERS) + "---:|---|",
+]
+
+
+def table_row(row: Row) -> str:
+    """One row of a speed table, with vislib's speed over the fastest peer's."""
+    best_peer = max(row.peers.values(), default=None)
+    ratio = f"{row.vislib / best_peer:.2f}x" if best_peer else "—"
+    peers = " | ".join(fmt(row.peers.get(peer)) for peer in PEERS)
+    return f"| {row.method} | {fmt(row.vislib)} | {peers} | {ratio} | {row.note} |"
 
 
 def replace_section(text: str, heading: str, section: list[str]) -> str:
@@ -374,10 +391,9 @@ def main() -> None:
         lines += [
             f"Forward pass only (the limit to compare with): **{forward:.2f} images/s**.",
             "",
-            "| method | vislib img/s | pytorch-grad-cam img/s | captum img/s | vislib / faster peer | settings |",
-            "|---|---:|---:|---:|---:|---|",
+            *TABLE_HEADER,
         ]
-        lines += [table_row(*row) for row in rows]
+        lines += [table_row(row) for row in rows]
         lines += ["", *vit_section(*vit_rows(args), args)]
     if layouts:
         lines += [

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from skimage import data as skdata
 
 from vislib import methods, models
 from vislib.errors import ConfigError, LayerError
-from vislib.methods.cam import layer_activation_and_grad
+from vislib.methods.cam import first_component, layer_activation_and_grad
 from vislib.methods.hooks import capture_layer, frozen_model
 
 PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM, "scorecam": ScoreCAM}
@@ -207,3 +208,57 @@ def test_scorecam_parameters_are_checked():
         methods.get("scorecam", softmax="logits")
     with pytest.raises(ConfigError, match="'init' must be one of"):
         methods.get("scorecam", init="one")
+
+
+def full_resolution_net() -> torch.nn.Module:
+    """Two 3x3 convolutions that keep the input's size, then global pooling and a linear head: at layer '3'
+    the CAM has the input's resolution, so pytorch-grad-cam's resize to the input is the identity."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 5)).eval()
+
+
+def test_first_component_is_pytorch_grad_cams_projection_with_the_sign_of_the_channel_sum():
+    torch.manual_seed(0)
+    weighted = torch.randn(4, 6, 5, 7) + torch.linspace(0, 2, 7)  # a trend along x, so the sum has a direction
+    ours = first_component(weighted)
+    theirs = torch.from_numpy(get_2d_projection(weighted.numpy()))
+    channel_sum = weighted.sum(1)
+    for mine, peer, total in zip(ours, theirs, channel_sum, strict=True):
+        sign = 1.0 if torch.corrcoef(torch.stack([peer.flatten(), total.flatten()]))[0, 1] >= 0 else -1.0
+        torch.testing.assert_close(mine, sign * peer, atol=1e-4, rtol=1e-4)
+        assert torch.corrcoef(torch.stack([mine.flatten(), total.flatten()]))[0, 1] > 0
+
+
+@pytest.mark.parametrize("aug_smooth,eigen_smooth", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "layercam", "scorecam"])
+def test_smoothing_options_match_pytorch_grad_cam(monkeypatch, method, aug_smooth, eigen_smooth):
+    # The SVD leaves the component's sign open: the peer's projection gets our sign rule (checked against
+    # its own projection above), wherever its modules imported the function.
+    for module in ("base_cam", "layer_cam"):
+        monkeypatch.setattr(f"pytorch_grad_cam.{module}.get_2d_projection",
+                            lambda a: first_component(torch.from_numpy(a)).numpy())
+    net = full_resolution_net()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 12, 12)
+    targets = torch.tensor([1, 4])
+    ours = methods.get(method, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                       **({"softmax": "channels"} if method == "scorecam" else {}))
+    maps = ours.explain(net, "3", x, targets).maps
+    with PEERS[method](net, target_layers=[net[3]]) as cam:
+        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                     aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+    net.zero_grad(set_to_none=True)
+    got = maps if aug_smooth else methods.normalize_maps(maps)
+    torch.testing.assert_close(got, torch.from_numpy(theirs), atol=2e-4, rtol=1e-3)
+
+
+def test_aug_smooth_explains_the_unaugmented_prediction_in_every_augmentation():
+    net = full_resolution_net()
+    x = torch.randn(3, 3, 12, 12)
+    result = methods.get("gradcam", aug_smooth=True).explain(net, "3", x)
+    with torch.no_grad():
+        predicted = net(x).argmax(1)
+    assert torch.equal(result.targets, predicted) and torch.equal(result.predicted, predicted)
+    assert result.maps.shape == (3, 12, 12) and 0 <= float(result.maps.min()) and float(result.maps.max()) <= 1

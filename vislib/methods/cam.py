@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -92,18 +92,105 @@ def layer_activation_and_grad(model: nn.Module, layer: str, images: torch.Tensor
     return LayerGradient(activation.detach(), grad.detach(), logits.detach(), targets)
 
 
-class _GradientWeightedCAM(AttributionMethod):
+@dataclass(frozen=True)
+class CAMParams:
+    """The options every CAM takes, as pytorch-grad-cam defines its `aug_smooth` and `eigen_smooth`."""
+
+    aug_smooth: bool = param(False, "average the maps of 6 test-time augmentations (horizontal flip x the input "
+                             "scaled by 0.9, 1.0, 1.1), each min-max normalised and flipped back: 6x the passes")
+    eigen_smooth: bool = param(False, "the map is the weighted activations' projection on their first principal "
+                               "component over positions (sign: agreeing with their channel sum) instead of "
+                               "that sum")
+
+
+class WeightedActivations(NamedTuple):
+    """A CAM before its channel sum: the layer's activation times the method's weights."""
+
+    weighted: torch.Tensor  # [N,C,h,w]
+    targets: torch.Tensor  # [N], the explained classes
+    logits: torch.Tensor  # [N,K] of the unperturbed images
+
+
+def first_component(weighted: torch.Tensor) -> torch.Tensor:
+    """Projection [N,h,w] of each image's positions (rows of C values) on their first principal component.
+
+    pytorch-grad-cam's `eigen_smooth`, batched. The SVD fixes the component only up to its sign, so the
+    sign is chosen to agree with the plain channel sum (positive correlation), which keeps the map pointing
+    where the CAM itself does instead of wherever the solver's sign convention lands.
+    """
+    n, c, h, w = weighted.shape
+    rows = weighted.flatten(2).transpose(1, 2).double()  # [N,hw,C]
+    centered = rows - rows.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    projection = (centered @ vh[:, 0, :, None])[..., 0]  # [N,hw]
+    channel_sum = rows.sum(2)
+    agreement = ((projection - projection.mean(1, keepdim=True))
+                 * (channel_sum - channel_sum.mean(1, keepdim=True))).sum(1, keepdim=True)
+    projection = torch.where(agreement < 0, -projection, projection)
+    return projection.view(n, h, w).to(weighted.dtype)
+
+
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
+"""pytorch-grad-cam's default test-time augmentations: horizontal flip or not, times the input scaled by a factor."""
+
+
+def augmentation_smoothed(explain: Callable[[torch.Tensor, torch.Tensor | None], Attribution], images: torch.Tensor,
+                          targets: torch.Tensor | None) -> Attribution:
+    """The mean of `explain`'s min-max normalised maps over AUGMENTATIONS, each flipped back.
+
+    The unaugmented pass runs first and fixes the targets (None: its predicted classes) for the others,
+    so every augmentation explains the same class.
+    """
+    plain = explain(images, targets)
+    total = normalize_maps(plain.maps)
+    for flip, factor in AUGMENTATIONS:
+        if not flip and factor == 1.0:
+            continue
+        augmented = images.flip(-1) if flip else images
+        maps = normalize_maps(explain(augmented * factor, plain.targets).maps)
+        total = total + (maps.flip(-1) if flip else maps)
+    return Attribution(total / len(AUGMENTATIONS), plain.targets, plain.predicted)
+
+
+class CAMMethod(AttributionMethod):
+    """A class activation map: ReLU of a layer's activation, weighted per channel (or position) and summed
+    over channels; every CAM takes `aug_smooth` and `eigen_smooth` (CAMParams)."""
+
+    Params = CAMParams
+
+    @abstractmethod
+    def weighted_activations(self, model: nn.Module, layer: str, images: torch.Tensor,
+                             targets: torch.Tensor | None) -> WeightedActivations:
+        """The activation of `layer` times the method's weights, for a checked batch."""
+
+    def channel_sum(self, weighted: torch.Tensor) -> torch.Tensor:
+        """The map before its ReLU, [N,h,w], from the weighted activations."""
+        return weighted.sum(1)
+
+    def _maps(self, model: nn.Module, layer: str, images: torch.Tensor,
+              targets: torch.Tensor | None) -> Attribution:
+        weighted, targets, logits = self.weighted_activations(model, layer, images, targets)
+        cam = first_component(weighted) if self.params["eigen_smooth"] else self.channel_sum(weighted)
+        return Attribution(torch.relu(cam).float(), targets, logits.argmax(1))
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        layer = layer_or_default(model, layer, self.name)
+        if self.params["aug_smooth"]:
+            return augmentation_smoothed(lambda x, t: self._maps(model, layer, x, t), images, targets)
+        return self._maps(model, layer, images, targets)
+
+
+class _GradientWeightedCAM(CAMMethod):
     """A CAM computed from one forward/backward pass: a per-method mix of activations and gradients."""
 
     @staticmethod
     @abstractmethod
     def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Maps [N,h,w] from the layer activation and its gradient, both [N,C,h,w]."""
+        """Weighted activations [N,C,h,w] from the layer activation and its gradient, both [N,C,h,w]."""
 
-    def _explain(self, model, layer, images, targets) -> Attribution:
-        layer = layer_or_default(model, layer, self.name)
+    def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
         activation, grad, logits, targets = layer_activation_and_grad(model, layer, images, targets, self.name)
-        return Attribution(self.combine(activation, grad).float(), targets, logits.argmax(1))
+        return WeightedActivations(self.combine(activation, grad), targets, logits)
 
 
 @register
@@ -114,9 +201,8 @@ class GradCAM(_GradientWeightedCAM):
 
     @staticmethod
     def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """ReLU of the activation weighted by the spatial mean of its gradient."""
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        return torch.relu((weights * activation).sum(1))
+        """The activation weighted by the spatial mean of its gradient."""
+        return grad.mean(dim=(2, 3), keepdim=True) * activation
 
 
 @register
@@ -127,15 +213,14 @@ class GradCAMPlusPlus(_GradientWeightedCAM):
 
     @staticmethod
     def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """ReLU of the activation weighted by sum_ij alpha_ij ReLU(dy/dA_ij) (eq. 19 of the paper)."""
+        """The activation weighted by sum_ij alpha_ij ReLU(dy/dA_ij) (eq. 19 of the paper)."""
         grad2 = grad.pow(2)
         grad3 = grad2 * grad
         activation_sum = activation.sum(dim=(2, 3), keepdim=True)
         # The small constant keeps alpha finite where the gradient vanishes, as the reference code does.
         alpha = grad2 / (2 * grad2 + activation_sum * grad3 + 1e-6)
         alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
-        weights = (torch.relu(grad) * alpha).sum(dim=(2, 3), keepdim=True)
-        return torch.relu((weights * activation).sum(1))
+        return (torch.relu(grad) * alpha).sum(dim=(2, 3), keepdim=True) * activation
 
 
 @register
@@ -146,8 +231,8 @@ class LayerCAM(_GradientWeightedCAM):
 
     @staticmethod
     def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """ReLU of the activation weighted position-wise by its positive gradient."""
-        return torch.relu((torch.relu(grad) * activation).sum(1))
+        """The activation weighted position-wise by its positive gradient."""
+        return torch.relu(grad) * activation
 
 
 def _linear_head(model: nn.Module, layer: str, activation: torch.Tensor,
@@ -172,20 +257,18 @@ def _linear_head(model: nn.Module, layer: str, activation: torch.Tensor,
 
 
 @register
-class CAM(AttributionMethod):
+class CAM(CAMMethod):
     """CAM (Zhou et al. 2016): ReLU(sum_k w_k^c A_k) with w the final linear layer's weights."""
 
     name = "cam"
 
-    def _explain(self, model, layer, images, targets) -> Attribution:
-        layer = layer_or_default(model, layer, self.name)
+    def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
         with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
             logits = model(fast_layout(images))
         activation = capture.spatial(layer, self.name)
         targets = choose_targets(logits, targets)
         weight, _ = _linear_head(model, layer, activation, logits)
-        maps = torch.relu(torch.einsum("nc,nchw->nhw", weight[targets], activation))
-        return Attribution(maps.float(), targets, logits.argmax(1))
+        return WeightedActivations(weight[targets][:, :, None, None] * activation, targets, logits)
 
 
 SCORECAM_SOFTMAX = ("classes", "channels")
@@ -193,13 +276,13 @@ SCORECAM_INIT = ("zeros", "ones")
 
 
 @register
-class ScoreCAM(AttributionMethod):
+class ScoreCAM(CAMMethod):
     """Score-CAM (Wang et al. 2020): channels weighted by the target's score on the input masked by each."""
 
     name = "scorecam"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(CAMParams):
         batch_size: int = param(32, "masked images per forward pass", minimum=1)
         top_channels: int = param(0, "score only the most active channels (0: every channel, exact)", minimum=0)
         softmax: str = param("classes", "channel weight: the target's probability on the masked input (softmax "
@@ -208,8 +291,7 @@ class ScoreCAM(AttributionMethod):
         init: str = param("zeros", "value the weighted sum starts from before the ReLU: zeros (the paper) or "
                           "ones (pytorch-cnn-visualizations)", choices=SCORECAM_INIT)
 
-    def _explain(self, model, layer, images, targets) -> Attribution:
-        layer = layer_or_default(model, layer, self.name)
+    def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
         with frozen_model(model), torch.no_grad():
             with capture_layer(model, layer) as capture:
                 logits = model(fast_layout(images))
@@ -223,9 +305,12 @@ class ScoreCAM(AttributionMethod):
             fill = scores.amin(dim=1, keepdim=True)
             all_scores = fill.expand(-1, activation.shape[1]).scatter(1, channels, scores)
             weights = self.weights(all_scores, activation)
-            cam = (weights[:, :, None, None] * activation).sum(1)
-            maps = torch.relu(cam + 1 if self.params["init"] == "ones" else cam)
-        return Attribution(maps.float(), targets, logits.argmax(1))
+        return WeightedActivations(weights[:, :, None, None] * activation, targets, logits)
+
+    def channel_sum(self, weighted: torch.Tensor) -> torch.Tensor:
+        """The weighted sum, started from `init`."""
+        cam = weighted.sum(1)
+        return cam + 1 if self.params["init"] == "ones" else cam
 
     def weights(self, scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
         """Channel weights [N,C] from the masked scores [N,C] (target probabilities or logits, by `softmax`).

@@ -233,7 +233,7 @@ class GuidedGradCAM(GradientMethod):
         """Guided gradient [N,3,H,W] scaled by Grad-CAM of `layer`, normalised and upsampled."""
         layer = layer_or_default(model, layer, self.name)
         activation, grad, logits, targets = layer_activation_and_grad(model, layer, images, targets, self.name)
-        cam = to_image_maps(GradCAM.combine(activation, grad), tuple(images.shape[-2:]))
+        cam = to_image_maps(torch.relu(GradCAM.combine(activation, grad).sum(1)), tuple(images.shape[-2:]))
         guided = GuidedBackprop(relu6=self.params["relu6"]).attribute(model, images, targets)
         return PixelAttribution(guided * cam[:, None].to(guided.dtype), targets, logits)
 
