@@ -213,6 +213,11 @@ def test_coco_file_missing_files_are_named(tmp_path: Path) -> None:
     broken.write_text(json.dumps({"images": []}))
     with pytest.raises(DataError, match="has no annotations, categories list"):
         check("cocofile", {"annotations": str(broken), "images": str(images)})
+    unnamed = json.loads(annotations.read_text())
+    del unnamed["categories"][1]["name"]
+    broken.write_text(json.dumps(unnamed))
+    with pytest.raises(DataError, match=r"categories\[1\] has no name; every COCO category needs id and name"):
+        check("cocofile", {"annotations": str(broken), "images": str(images)})
     (images / "sub" / "b.jpg").unlink()
     params = {"annotations": str(annotations), "images": str(images), "categories": {"tabby": 281}}
     with pytest.raises(DataError, match="1 images of .* are not readable under params.images .*sub/b.jpg"):

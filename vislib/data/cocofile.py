@@ -54,6 +54,13 @@ def _read(path: Path, modified: float) -> dict:
                         "export it in COCO format (instances: images, annotations, categories)")
     if not doc["images"]:
         raise DataError(f"annotation file {str(path)!r} (params.annotations) lists no images")
+    for key, fields in (("categories", ("id", "name")), ("images", ("id", "file_name"))):
+        for index, entry in enumerate(doc[key]):
+            absent = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if absent:
+                raise DataError(f"annotation file {str(path)!r} (params.annotations): {key}[{index}] has no "
+                                f"{' or '.join(absent)}; every COCO {key[:-1].replace('categorie', 'category')} "
+                                f"needs {' and '.join(fields)}")
     return doc
 
 
