@@ -260,6 +260,14 @@ def test_augmented_reader_gives_items_of_the_explainers_shape(nearest_cache, dem
     assert batches and all(x.shape[1] == cache.in_features for x, _ in batches)
     assert all(t.shape[1] == len(cache.vocabulary) and t.any(1).all() for _, t in batches)
     assert all(len(x) == 8 for x, _ in batches[:-1]) and not reader.failed
+    # A chunk's items are the items of its images read one at a time (same augmentation draws).
+    positions = cache.image_index()[:4]
+    torch.manual_seed(1)
+    together = reader._items(positions)
+    torch.manual_seed(1)
+    alone = [reader._items(positions[i:i + 1]) for i in range(len(positions))]
+    torch.testing.assert_close(together[0], torch.cat([x for x, _ in alone]), atol=1e-5, rtol=1e-4)
+    assert torch.equal(together[1], torch.cat([t for _, t in alone]))
 
 
 def test_training_with_augmentation_runs_and_is_seeded(nearest_cache, emb, demonet, tmp_path):

@@ -431,15 +431,14 @@ class AugmentedItemReader:
         with frozen_model(self.model), capture_layer(self.model, self.layer) as capture, torch.no_grad():
             self.model(images)
             act = capture.spatial(self.layer, "lavise").float()
-        xs, ts = [], []
-        for j, (_, regions, targets) in enumerate(read):
-            if len(regions):
-                masks = grid_masks(regions.to(self.device), self.grid, self.cache.mask_mode)
-                xs.append(pool_features(act[j:j + 1] * masks[:, None], self.cache.pool_size).cpu())
-                ts.append(targets)
-        if not xs:
+        counts = torch.tensor([len(r[1]) for r in read])
+        if not int(counts.sum()):
             return torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
-        return torch.cat(xs), torch.cat(ts)
+        # Every region of the chunk at once: each masks its own image's activation.
+        owner = torch.repeat_interleave(torch.arange(len(read)), counts).to(self.device)
+        masks = grid_masks(torch.cat([r[1] for r in read]).to(self.device), self.grid, self.cache.mask_mode)
+        items = pool_features(act[owner] * masks[:, None], self.cache.pool_size).cpu()
+        return items, torch.cat([r[2] for r in read])
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

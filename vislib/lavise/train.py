@@ -259,6 +259,11 @@ def train_explainer(feature_dir: str | os.PathLike, embeddings: WordEmbeddings |
                 raise VislibError(f"feature cache {str(feature_dir)!r} has no training items with a seen "
                                   "concept; use more images or a larger seen_fraction")
             entry = {"epoch": epoch, "train_loss": total / count, "train_items": count}
+            failed = getattr(train_reader, "failed", {})
+            if failed:
+                first = next(iter(failed.items()))
+                log.warning("lavise epoch %d: %d training images skipped (undecodable or not of the annotated "
+                            "size), e.g. image %d: %s", epoch, len(failed), *first)
             if val_reader is not None:
                 entry.update(_evaluate(model, val_reader, concepts, margin, ks, device))
             entry["seconds"] = time.perf_counter() - start
