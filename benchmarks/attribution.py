@@ -19,7 +19,10 @@ from typing import NamedTuple
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM prints a progress bar per image
 
 import captum.attr as ca  # noqa: E402
+import pytorch_grad_cam  # noqa: E402
 import torch  # noqa: E402
+import torchcam.methods  # noqa: E402
+from captum._utils.models.linear_model import SkLearnRidge  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform  # noqa: E402
@@ -62,6 +65,17 @@ def pgc_cam(cls, net, layer, x, targets, reshape_transform=None, **attrs):
     return run
 
 
+def torchcam_cam(cls, net, layer_name, x, targets, **options):
+    """A torchcam CAM call through its public API: hook the layer, run the model, the CAM from its scores (maps at
+    the layer's resolution, normalised)."""
+
+    def run():
+        with cls(net, layer_name, **options) as cam:
+            return cam(targets.tolist(), net(x))
+
+    return run
+
+
 def pgc_guided(net, x, targets):
     """pytorch-grad-cam's guided backprop: one image per call, as its API takes."""
     model = GuidedBackpropReLUModel(net, device="cpu")
@@ -75,6 +89,8 @@ def method_rows(net, x, targets, args) -> list[Row]:
     steps, samples, repeats = args.steps, args.samples, args.repeats
     std = 0.15 * float(x.max() - x.min())
     xs, ts = x[:args.scorecam_batch], targets[:args.scorecam_batch]
+    # lime and kernel_shap on a 7x7 grid (SLIC finds one superpixel in noise), handed to captum as its feature mask.
+    grid_masks = methods.get("lime", segments="grid", superpixels=49).superpixels(net, xs).segments[:, None]
 
     def ours(name, images=x, wanted=targets, **params):
         method = methods.get(name, **params)
@@ -87,6 +103,20 @@ def method_rows(net, x, targets, args) -> list[Row]:
          repeats, ""),
         ("gradcampp", ours("gradcampp"), {PGC: pgc_cam(GradCAMPlusPlus, net, layer, x, targets)}, repeats, ""),
         ("layercam", ours("layercam"), {PGC: pgc_cam(LayerCAM, net, layer, x, targets)}, repeats, ""),
+        ("hirescam", ours("hirescam"), {PGC: pgc_cam(pytorch_grad_cam.HiResCAM, net, layer, x, targets)}, repeats, ""),
+        ("xgradcam", ours("xgradcam"),
+         {PGC: pgc_cam(pytorch_grad_cam.XGradCAM, net, layer, x, targets),
+          TORCHCAM: torchcam_cam(torchcam.methods.XGradCAM, net, layer_name, x, targets)}, repeats, ""),
+        ("gradcam_elementwise", ours("gradcam_elementwise"),
+         {PGC: pgc_cam(pytorch_grad_cam.GradCAMElementWise, net, layer, x, targets)}, repeats, ""),
+        ("eigencam", ours("eigencam"), {PGC: pgc_cam(pytorch_grad_cam.EigenCAM, net, layer, x, targets)}, repeats,
+         "forward pass only"),
+        ("eigengradcam", ours("eigengradcam"), {PGC: pgc_cam(pytorch_grad_cam.EigenGradCAM, net, layer, x, targets)},
+         repeats, ""),
+        ("smoothgradcampp", ours("smoothgradcampp", samples=4, noise_std=0.3, batch_size=len(x)),
+         {TORCHCAM: torchcam_cam(torchcam.methods.SmoothGradCAMpp, net, layer_name, x, targets, num_samples=4,
+                                 std=0.3)},
+         repeats, "4 noisy copies, noise std 0.3, a batch of noisy images per pass"),
         # softmax over channels: pytorch-grad-cam's rule, so both compute the same maps.
         ("scorecam (exact)", ours("scorecam", xs, ts, batch_size=32, softmax="channels"),
          {PGC: pgc_cam(ScoreCAM, net, layer, xs, ts, batch_size=32)}, 1,
@@ -94,6 +124,17 @@ def method_rows(net, x, targets, args) -> list[Row]:
         ("scorecam top_channels=64", ours("scorecam", xs, ts, batch_size=32, top_channels=64, softmax="channels"),
          {}, 1,
          f"{args.scorecam_batch} images, 64 of 512 channels scored; no peer has top-k"),
+        ("ablationcam (exact)", ours("ablationcam", xs, ts, batch_size=32),
+         {PGC: pgc_cam(pytorch_grad_cam.AblationCAM, net, layer, xs, ts, batch_size=32)}, 1,
+         f"{args.scorecam_batch} images (512 ablated forwards each), 32 ablated copies per pass"),
+        # torchcam's rule (softmax over channels of the averaged logits) and 2 copies per mask keep the rows short.
+        ("sscam (exact)", ours("sscam", xs, ts, batch_size=32, softmax="channels", samples=2, noise_std=2.0),
+         {TORCHCAM: torchcam_cam(torchcam.methods.SSCAM, net, layer_name, xs, ts, batch_size=32, num_samples=2,
+                                 std=2.0)}, 1,
+         f"{args.scorecam_batch} images, 2 noisy copies of each of 512 masks (noise std 2), 32 per pass"),
+        ("iscam (exact)", ours("iscam", xs, ts, batch_size=32, softmax="channels", steps=2),
+         {TORCHCAM: torchcam_cam(torchcam.methods.ISCAM, net, layer_name, xs, ts, batch_size=32, num_samples=2)}, 1,
+         f"{args.scorecam_batch} images, 2 scaled copies of each of 512 masks, 32 per pass"),
         ("vanilla_gradient", ours("vanilla_gradient"),
          {CAPTUM: lambda: ca.Saliency(net).attribute(x, target=targets)}, repeats, ""),
         ("guided_backprop", ours("guided_backprop"),
@@ -114,13 +155,47 @@ def method_rows(net, x, targets, args) -> list[Row]:
                                                                     nt_samples=samples, stdevs=std,
                                                                     nt_samples_batch_size=max(1, 64 // len(x)))},
          max(1, repeats - 1), f"{samples} samples of vanilla_gradient, 64 images per pass"),
+        ("deeplift", ours("deeplift"), {}, repeats,
+         "zero baseline; captum's DeepLift refuses torchvision's resnet18 (one ReLU module reused per block): "
+         "against it on a copy with one ReLU per use, see methods.md"),
+        ("gradient_shap", ours("gradient_shap", samples=samples, stdev=std, batch_size=64),
+         {CAPTUM: lambda: ca.GradientShap(net).attribute(
+             x, target=targets, n_samples=samples, stdevs=std,
+             baselines=methods.get("gradient_shap", samples=samples).draws(net, x).baselines)},
+         max(1, repeats - 1), f"{samples} samples, {samples} uniform baselines, 64 images per pass"),
+        ("deconvolution", ours("deconvolution"), {CAPTUM: lambda: ca.Deconvolution(net).attribute(x, target=targets)},
+         repeats, ""),
+        ("positive_saliency", ours("positive_saliency"),
+         {CAPTUM: lambda: ca.Saliency(net).attribute(x, target=targets, abs=False).clamp_min(0)}, repeats,
+         "captum: signed Saliency, its positive part"),
+        ("layer_guided_backprop", ours("layer_guided_backprop"), {}, repeats,
+         "layer4, each image's most active channel; the original runs one image per call (not installed)"),
+        ("fullgrad", ours("fullgrad"), {PGC: pgc_cam(pytorch_grad_cam.FullGrad, net, layer, x, targets)}, repeats,
+         "every conv and batch-norm bias"),
         ("l2caf_oblivious", ours("l2caf_oblivious"), {}, repeats,
          "defaults (max 1000 iterations, stopping rule); no peer: see l2caf.md for the seeds' loops"),
         ("l2caf_specific", ours("l2caf_specific"), {}, repeats, "as l2caf_oblivious"),
+        ("occlusion", ours("occlusion", xs, ts, window=32, stride=16, batch_size=64),
+         {CAPTUM: lambda: ca.Occlusion(net).attribute(xs, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16),
+                                                      baselines=0, target=ts,
+                                                      perturbations_per_eval=max(1, 64 // len(xs)))},
+         1, f"{args.scorecam_batch} images, window 32, stride 16 (170 forwards each), 64 images per pass"),
+        ("rise", ours("rise", xs, ts, masks=500, batch_size=64), {}, 1,
+         f"{args.scorecam_batch} images, 500 masks (501 forwards each); no peer implements RISE"),
+        ("lime", ours("lime", xs, ts, samples=200, segments="grid", superpixels=49, batch_size=64),
+         {CAPTUM: lambda: ca.Lime(net, interpretable_model=SkLearnRidge(alpha=1.0)).attribute(
+             xs, target=ts, baselines=0, feature_mask=grid_masks, n_samples=200, perturbations_per_eval=64)},
+         1, f"{args.scorecam_batch} images, 200 samples (201 forwards each), 7x7 grid superpixels, ridge 1, "
+            "64 images per pass"),
+        ("kernel_shap", ours("kernel_shap", xs, ts, samples=200, segments="grid", superpixels=49, batch_size=64),
+         {CAPTUM: lambda: ca.KernelShap(net).attribute(xs, target=ts, baselines=0, feature_mask=grid_masks,
+                                                       n_samples=200, perturbations_per_eval=64)},
+         1, f"{args.scorecam_batch} images, 200 samples (200 forwards each), as lime"),
     ]
     rows = []
     for name, run_ours, peers, rounds, note in specs:
-        count = args.scorecam_batch if name.startswith("scorecam") else len(x)
+        few_images = ("scorecam", "ablationcam", "sscam", "iscam", "occlusion", "rise", "lime", "kernel_shap")
+        count = args.scorecam_batch if name.startswith(few_images) else len(x)
         seconds = best_seconds({"vislib": run_ours, **peers}, rounds)
         net.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
         rows.append(Row(name, count / seconds["vislib"], {peer: count / seconds[peer] for peer in peers}, note))

@@ -1,5 +1,6 @@
 # Feature visualization: one job per experiment/model/layer/method/unit shard -> synthesised images with
-# their metadata (.npz); one grid per experiment/model/layer/method for the report.
+# their metadata (.npz); one grid per experiment/model/layer/method for the report, and a cluster scatter for
+# class-agnostic methods with `scatter: true`.
 
 
 rule featvis:
@@ -54,3 +55,27 @@ rule featvis_grid:
         "../envs/vislib.yaml"
     script:
         "../workflow_scripts/featvis_grid.py"
+
+
+rule featvis_scatter:
+    input:
+        featvis_shards,
+    output:
+        report(
+            Paths.featvis_scatter("{experiment}", "{model}", "{layer}", "{method}"),
+            caption="../report/featvis_scatter.rst",
+            category="{experiment}",
+            subcategory="Feature visualization",
+            labels={"model": "{model}", "layer": "{layer}", "method": "{method}: cluster scatter"},
+        ),
+    log:
+        Paths.log("featvis_scatter", FEATVIS_JOB),
+    benchmark:
+        Paths.benchmark("featvis_scatter", FEATVIS_JOB)
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/vislib.yaml"
+    script:
+        "../workflow_scripts/featvis_scatter.py"

@@ -45,15 +45,142 @@ def _explain(args: argparse.Namespace) -> None:
     from vislib.io import save_shard
     from vislib.pipeline import explain_shard, select_images
 
+    params = json.loads(args.params)
+    if args.convergence_gif:
+        params = _recording(args.method, params)
+    classes = _parse_classes(args.classes) if args.classes else None
     net = _model(args, args.weights)
     layer = args.layer or models.default_layer_of(net)
     dataset = open_dataset(args.dataset_kind, args.dataset_kind, args.root, args.split)
     ids = select_images(dataset, args.limit)
-    shard = explain_shard(net, layer, args.method, json.loads(args.params), dataset, ids, args.target,
-                          args.batch_size)
+    if classes is None:
+        shard = explain_shard(net, layer, args.method, params, dataset, ids, args.target, args.batch_size)
+    else:
+        shard = _explain_classes(net, layer, args.method, params, dataset, ids, classes, args.batch_size)
     save_shard(args.out, shard)
-    print(f"{args.method} on {len(shard.image_ids)} images of {args.root} at {layer}: "
+    rows = "images" if classes is None else "(image, class) rows"
+    print(f"{args.method} on {len(shard.image_ids)} {rows} of {args.root} at {layer}: "
           f"{shard.seconds:.2f} s -> {args.out}")
+    if args.convergence_gif:
+        frames = _convergence_gif(args.convergence_gif, net, dataset, shard, params["record_every"], args.gif_tiles)
+        print(f"convergence of the first {min(args.gif_tiles, len(shard.image_ids))} rows, {frames} frames -> "
+              f"{args.convergence_gif}")
+
+
+# The step between convergence frames when --convergence-gif is given and --params sets no record_every.
+_DEFAULT_RECORD_EVERY = 10
+
+
+def _recording(method: str, params: dict) -> dict:
+    """`params` with `record_every` set (the default when not given); VislibError for a method that records none."""
+    import dataclasses
+
+    from vislib.methods import METHODS
+
+    def records(name: str) -> bool:
+        return "record_every" in {f.name for f in dataclasses.fields(METHODS[name].Params)}
+
+    if not records(method):
+        able = [name for name in METHODS.names() if records(name)]
+        raise VislibError(f"--convergence-gif needs a method that records its convergence (record_every): one of "
+                          f"{able}; {method!r} has none")
+    params = {"record_every": _DEFAULT_RECORD_EVERY, **params}
+    if params["record_every"] == 0:
+        raise VislibError("--convergence-gif needs record_every > 0 in --params (or leave it out: "
+                          f"{_DEFAULT_RECORD_EVERY})")
+    return params
+
+
+def _parse_classes(text: str) -> list[int] | int:
+    """--classes as a list of class indices ('3,7,12'), or the count K of 'top:K'."""
+    try:
+        if text.startswith("top:"):
+            count = int(text[len("top:"):])
+            if count < 1:
+                raise ValueError(text)
+            return count
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise VislibError(f"--classes must be class indices such as '3,7,12' or 'top:K' with K >= 1 (each image's "
+                          f"K top classes), got {text!r}") from None
+
+
+def _explain_classes(net, layer: str, method_name: str, params: dict, dataset, ids: list[int],
+                     classes: list[int] | int, batch_size: int):
+    """A heatmap shard with one row per (image, class): the listed classes of every image, or its top K.
+
+    Methods with `explain_classes` (L2-CAF) explain every class of a batch in one call; any other method explains
+    the batch repeated once per class, which gives the same maps, since every method explains each image
+    independently of its batch.
+    """
+    import time
+
+    import numpy as np
+    import torch
+
+    from vislib import methods, models
+    from vislib.io import HeatmapShard
+    from vislib.methods.base import fast_layout
+
+    method = methods.get(method_name, **params)
+    device = next(net.parameters()).device
+    parts: dict[str, list] = {"maps": [], "image_ids": [], "targets": [], "predicted": []}
+    extras: dict[str, list] = {}
+    failures: dict[int, str] = {}
+    seconds = 0.0
+    for batch in dataset.batches(ids, batch_size, models.preprocessing_of(net)):
+        failures.update(batch.failures)
+        if not batch.samples:
+            continue
+        images = batch.images.to(device)
+        if isinstance(classes, int):
+            with torch.no_grad():
+                targets = net(fast_layout(images)).topk(classes, dim=1).indices
+        else:
+            targets = torch.tensor(classes, device=device).expand(len(images), -1)
+        n, per_image = targets.shape
+        tick = time.perf_counter()
+        explain_classes = getattr(method, "explain_classes", None)
+        if explain_classes is not None:
+            result = explain_classes(net, layer, images, targets)
+            predicted = result.predicted.repeat_interleave(per_image)
+        else:
+            result = method.explain(net, layer, images.repeat_interleave(per_image, 0), targets.reshape(-1))
+            predicted = result.predicted
+        seconds += time.perf_counter() - tick
+        parts["maps"].append(result.maps.reshape(n * per_image, *result.maps.shape[-2:]).float().cpu().numpy())
+        parts["image_ids"].append(np.repeat(np.asarray(batch.image_ids, np.int64), per_image))
+        parts["targets"].append(targets.reshape(-1).cpu().numpy())
+        parts["predicted"].append(predicted.cpu().numpy())
+        for key, value in result.extras.items():
+            value = torch.as_tensor(value)
+            # explain_classes gives extras [n,T,...], the repeated batch [n*T,...]: one row per (image, class).
+            lead = 2 if explain_classes is not None else 1
+            extras.setdefault(key, []).append(value.reshape(n * per_image, *value.shape[lead:]).cpu().numpy())
+    if not parts["maps"]:
+        raise VislibError(f"none of the {len(ids)} images of {dataset.root!s} could be decoded")
+    return HeatmapShard(maps=np.concatenate(parts["maps"]), image_ids=np.concatenate(parts["image_ids"]),
+                        targets=np.concatenate(parts["targets"]), predicted=np.concatenate(parts["predicted"]),
+                        seconds=seconds, failed_ids=np.array(sorted(failures), np.int64),
+                        failed_reasons=[failures[i] for i in sorted(failures)],
+                        extras={key: np.concatenate(value) for key, value in extras.items()})
+
+
+def _convergence_gif(path: str, net, dataset, shard, record_every: int, tiles: int) -> int:
+    """Draw the first `tiles` rows' extras['convergence'] over their images; the number of GIF frames."""
+    from vislib import models
+    from vislib.figures import convergence_gif
+
+    rows = min(tiles, len(shard.image_ids))
+    wanted = [int(i) for i in dict.fromkeys(shard.image_ids[:rows].tolist())]
+    preprocessing = models.preprocessing_of(net)
+    batch = dataset.load_batch(wanted, preprocessing, with_masks=False)
+    pixels = preprocessing.denormalize(batch.images).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    position = {image_id: k for k, image_id in enumerate(batch.image_ids)}
+    images = pixels[[position[int(i)] for i in shard.image_ids[:rows]]]
+    captions = [f"{int(i)}: class {int(t)}" for i, t in zip(shard.image_ids[:rows], shard.targets[:rows],
+                                                             strict=True)]
+    return convergence_gif(path, shard.extras["convergence"][:rows], images, record_every, captions)
 
 
 def _summarize(args: argparse.Namespace) -> None:
@@ -111,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--split", default="val")
     explain.add_argument("--limit", type=int, default=None)
     explain.add_argument("--target", default="label", choices=["label", "predicted"])
+    explain.add_argument("--classes", default=None, help="explain these classes of every image instead of --target: "
+                                                         "'3,7,12', or 'top:K' for each image's K top classes; the "
+                                                         "shard holds one row per (image, class)")
+    explain.add_argument("--convergence-gif", default=None, metavar="PATH",
+                         help="also write the optimisation's convergence as an animated GIF (methods with "
+                              f"record_every: l2caf_*; record_every {_DEFAULT_RECORD_EVERY} unless --params sets it)")
+    explain.add_argument("--gif-tiles", type=int, default=16, help="(image, class) rows drawn in that GIF")
     explain.add_argument("--batch-size", type=int, default=32)
     explain.add_argument("--out", required=True, help="heatmap shard to write (.npz)")
     explain.set_defaults(func=_explain)

@@ -237,6 +237,10 @@ def check_config(config: dict) -> None:
                 configured = methods.get(name, **params)
                 if not configured.runs_on_torchscript():
                     _needs_hooks(where, model, net, f"method {method!r}")
+                try:
+                    configured.check_model(net)
+                except VislibError as exc:
+                    raise ConfigError(f"{where}.models.{model}: method {method!r}: {exc}") from None
                 if configured.uses_layer and layer not in _spatial_layers(probe_entry(config["models"][model])):
                     raise ConfigError(
                         f"{where}.models.{model}: method {method!r} reads a spatial map of layer {layer!r}, which "

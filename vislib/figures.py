@@ -75,6 +75,54 @@ def overlay_grid(path: str | os.PathLike, images: np.ndarray, maps: Mapping[str,
     save_figure(fig, path, title, dpi=110)
 
 
+def convergence_gif(path: str | os.PathLike, frames: np.ndarray, images: np.ndarray | None = None,
+                    record_every: int = 1, captions: Sequence[str] = (), columns: int = 4, cell: int = 128,
+                    frame_ms: int = 200, last_ms: int = 1500) -> int:
+    """Save an attribution's convergence as an animated GIF; return the number of frames written.
+
+    frames: [R,F,h,w] maps per row (L2-CAF's extras['convergence']: steps 0, k, 2k, ... then the final map);
+    images: [R,H,W,3] in [0,1] under them, or None. GIF frame f tiles the R rows (`columns` per line, `cell` px
+    each) with map f min-max normalised and drawn with `jet` over the image at half opacity (as `overlay_grid`),
+    headed by its step (f * `record_every`; the last frame: "final"), which also keeps consecutive frames
+    distinct, so no GIF writer merges them. Each row's `captions` entry is written under its tile.
+    """
+    from PIL import Image, ImageDraw
+
+    rows, count = frames.shape[:2]
+    n_cols = max(1, min(columns, rows))
+    n_lines = -(-rows // n_cols)
+    header, footer = 14, 12 if len(captions) else 0
+    height = cell + footer
+    palette = matplotlib.colormaps["jet"]
+    bases = np.full((rows, cell, cell, 3), 0.5)
+    if images is not None:
+        bases = np.stack([np.asarray(Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize(
+            (cell, cell), Image.Resampling.BILINEAR), float) / 255 for image in images])
+    pictures = []
+    for f in range(count):
+        canvas = Image.new("RGB", (n_cols * cell, header + n_lines * height), "white")
+        draw = ImageDraw.Draw(canvas)
+        draw.text((2, 1), "final" if f == count - 1 else f"step {f * record_every}", fill="black")
+        for r in range(rows):
+            heat = frames[r, f].astype(np.float32)
+            span = float(heat.max() - heat.min())
+            heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+            # Bilinear upsampling of the map to the tile, as the maps are upsampled for every other picture.
+            heat = np.asarray(Image.fromarray(heat).resize((cell, cell), Image.Resampling.BILINEAR))
+            tile = 0.5 * bases[r] + 0.5 * palette(np.clip(heat, 0, 1))[..., :3]
+            line, col = divmod(r, n_cols)
+            canvas.paste(Image.fromarray((tile * 255).round().astype(np.uint8)),
+                         (col * cell, header + line * height))
+            if r < len(captions):
+                draw.text((col * cell + 2, header + line * height + cell), captions[r][:24], fill="black")
+        # Quantised here with the fast octree: PIL's default median cut for GIFs takes ~1 s per frame.
+        pictures.append(canvas.quantize(256, method=Image.Quantize.FASTOCTREE))
+    durations = [frame_ms] * (count - 1) + [last_ms]
+    with atomic_path(path) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return count
+
+
 def metric_bars(path: str | os.PathLike, summary: pd.DataFrame, title: str = "") -> None:
     """Save one bar chart per metric: the mean of each method per model/layer with its 95% CI."""
     metric_names = sorted(summary["metric"].unique())
@@ -184,24 +232,34 @@ def sanity_curves(path: str | os.PathLike, curves: pd.DataFrame, title: str = ""
 
 
 def featvis_grid(path: str | os.PathLike, shards: Sequence[FeatVisShard], title: str = "", columns: int = 8,
-                 cell_inches: float = 1.5) -> None:
+                 cell_inches: float = 1.5) -> int:
     """Save the synthesised images of a method's shards in a grid, under the start images where the
-    method has them, with every image's loss curve in a panel below."""
+    method has them and the snapshots taken during the optimisation where it kept them (class-agnostic's
+    `snapshot_every`), with every image's loss curve in a panel below; return the number of image tiles."""
     images = np.concatenate([s.images for s in shards]).transpose(0, 2, 3, 1).clip(0, 1)
     labels = [label for s in shards for label in s.labels]
     starts = None
     if all("start_images" in s.extras for s in shards):
         starts = np.concatenate([s.extras["start_images"] for s in shards]).transpose(0, 2, 3, 1).clip(0, 1)
+    snapshots, snapshot_steps = None, np.zeros(0, np.int64)
+    if all("snapshots" in s.extras for s in shards):
+        snapshots = np.concatenate([s.extras["snapshots"] for s in shards]).transpose(0, 1, 3, 4, 2) / 255
+        snapshot_steps = shards[0].extras["snapshot_steps"]
     curves = np.concatenate([s.loss_curve for s in shards], axis=1)
     n_cols = max(1, min(columns, len(images)))
     blocks = -(-len(images) // n_cols)
-    per_block = 2 if starts is not None else 1
+    per_block = (starts is not None) + len(snapshot_steps) + 1
     n_rows = blocks * per_block
     fig = plt.figure(figsize=(cell_inches * n_cols, cell_inches * n_rows + 1.8 + 0.4))
     grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1.0] * n_rows + [1.8 / cell_inches])
+    tiles = 0
     for i, image in enumerate(images):
         block, col = divmod(i, n_cols)
-        rows = [(starts[i], "start"), (image, labels[i])] if starts is not None else [(image, labels[i])]
+        rows = [(starts[i], "start")] if starts is not None else []
+        if snapshots is not None:
+            rows += [(snapshots[i, k], f"step {step}") for k, step in enumerate(snapshot_steps.tolist())]
+        rows.append((image, labels[i]))
+        tiles += len(rows)
         for offset, (pixels, caption) in enumerate(rows):
             ax = fig.add_subplot(grid[block * per_block + offset, col])
             ax.imshow(pixels, interpolation="nearest")
@@ -216,6 +274,66 @@ def featvis_grid(path: str | os.PathLike, shards: Sequence[FeatVisShard], title:
     curve_ax.set_ylabel("loss", fontsize=7)
     curve_ax.tick_params(labelsize=6)
     save_figure(fig, path, title)
+    return tiles
+
+
+def cluster_scatter(path: str | os.PathLike, embedding: np.ndarray, labels: np.ndarray, centres: np.ndarray,
+                    members: np.ndarray | None = None, thumbnails: np.ndarray | None = None,
+                    visualisations: Mapping[int, np.ndarray] | None = None, title: str = "",
+                    thumbnail_inches: float = 0.35) -> tuple[int, int]:
+    """Save the 2-D embedding of a clustered image set (class-agnostic feature visualisation) with thumbnails;
+    return the dots (images and centres) and the thumbnails drawn.
+
+    embedding [M,2] and labels [M]: every image of the set, a dot coloured by its cluster; centres [K,2]: black
+    dots. members [K,m] (-1 padded) with thumbnails [K,m,h,w,3] in [0,1]: each cluster's defining images,
+    drawn at their points framed in the cluster's colour; visualisations {cluster: [H,W,3]}: the cluster's
+    synthesised image, twice as large with a black frame, pointing at its centre from beside it, away from the
+    middle of the set, so it hides few of the cluster's own thumbnails (vis.py drew the image closest to each
+    centre on the centre itself).
+    """
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    clusters = len(centres)
+    colours = matplotlib.colormaps["tab10" if clusters <= 10 else "tab20"]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.scatter(embedding[:, 0], embedding[:, 1], c=[colours(int(k) % colours.N) for k in labels], s=18,
+               edgecolors="black", linewidths=0.3, zorder=2)
+    ax.scatter(centres[:, 0], centres[:, 1], c="black", s=60, alpha=0.75, zorder=3)
+    drawn = 0
+    dpi = fig.dpi
+
+    def place(image: np.ndarray, at: np.ndarray, inches: float, colour, width: float,
+              shift: tuple[float, float] = (0.0, 0.0)) -> None:
+        # OffsetImage's zoom is in screen pixels per image pixel: the thumbnail is `inches` wide whatever its size.
+        box = OffsetImage(np.clip(image, 0, 1), zoom=inches * dpi / image.shape[1])
+        ax.add_artist(AnnotationBbox(box, (float(at[0]), float(at[1])), xybox=shift, boxcoords="offset points",
+                                     frameon=True, pad=0.1, zorder=5 if any(shift) else 4,
+                                     bboxprops={"edgecolor": colour, "linewidth": width},
+                                     arrowprops={"arrowstyle": "-", "color": "black"} if any(shift) else None))
+
+    if members is not None and thumbnails is not None:
+        for k in range(clusters):
+            for slot, index in enumerate(members[k].tolist()):
+                if index >= 0:
+                    place(thumbnails[k, slot], embedding[index], thumbnail_inches, colours(k % colours.N), 1.0)
+                    drawn += 1
+    middle = embedding.mean(0)
+    spread = np.ptp(embedding, axis=0).clip(1e-12)
+    for k, image in sorted((visualisations or {}).items()):
+        # One and a half thumbnail widths from the centre (in points), away from the middle of the set.
+        away = (centres[k] - middle) / spread
+        norm = float(np.hypot(*away))
+        direction = away / norm if norm > 1e-6 else np.array([0.0, 1.0])
+        shift = 1.5 * 2 * thumbnail_inches * 72 * direction
+        place(image, centres[k], 2 * thumbnail_inches, "black", 1.5, (float(shift[0]), float(shift[1])))
+        drawn += 1
+    # Room at the edges for the thumbnails, which the axis limits do not count.
+    ax.margins(0.3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{len(embedding)} images, {clusters} clusters", fontsize=8)
+    save_figure(fig, path, title)
+    return len(embedding) + clusters, drawn
 
 
 def perturbation_curves(path: str | os.PathLike, rows: pd.DataFrame, title: str = "") -> None:

@@ -21,6 +21,17 @@ def featvis_shards(wildcards):
             for shard in range(count)]
 
 
+def featvis_draws_scatter(label):
+    """Whether featvis method `label` keeps what the cluster scatter needs (class_agnostic with `scatter: true`)."""
+    name, params = featvis_spec(config, label)
+    return unit_source(name) == "clusters" and featvis_method(name, **params).params["scatter"]
+
+
 def featvis_grids(experiment):
-    return [Paths.featvis_grid(job.experiment, job.model, job.layer, job.method)
-            for job in featvis_jobs(config, experiment)]
+    """Every featvis figure of the experiment: a grid per model/layer/method, and the cluster scatters asked for."""
+    out = []
+    for job in featvis_jobs(config, experiment):
+        out.append(Paths.featvis_grid(job.experiment, job.model, job.layer, job.method))
+        if featvis_draws_scatter(job.method):
+            out.append(Paths.featvis_scatter(job.experiment, job.model, job.layer, job.method))
+    return out

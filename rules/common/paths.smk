@@ -68,6 +68,11 @@ class Paths:
         return f"results/{experiment}/featvis/{model}/{layer}/{method}/grid.png"
 
     @staticmethod
+    def featvis_scatter(experiment, model, layer, method):
+        """A class-agnostic method's image-set embedding with its clusters (with `scatter: true`)."""
+        return f"results/{experiment}/featvis/{model}/{layer}/{method}/scatter.png"
+
+    @staticmethod
     def seeded_embeddings(dataset):
         return f"results/embeddings/{dataset}.txt"
 

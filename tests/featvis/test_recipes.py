@@ -89,6 +89,7 @@ ORIGINAL_VALUES = {
         "penalty_layer": "auto",  # vis.py:747-748  '7.2.conv3', the last convolution before target '7.2.relu'
         "image_size": 512,  # vis.py:203  cv2.resize(im, (512, 512), ...)
         "tsne": True,  # vis.py:386,391,395  PCA(50) -> TSNE(2) -> KMeans
+        "embedding": "tsne",  # vis.py:410-430  the scatter of the t-SNE embedding, tsne_<name>.png
         "images_per_cluster": 10,  # vis.py:439  [:10]
         "blur_every": 10,  # vis.py:585,713  i % 10 == 0: blur, denoise
         "momentum": 0.9,  # vis.py:615  SGD(..., momentum=0.9, nesterov=True)

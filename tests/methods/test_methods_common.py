@@ -20,6 +20,15 @@ CAM_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "scorecam"]
 # Small settings keep the matrix quick; the defaults are exercised on the demo net below.
 QUICK = {"scorecam": {"top_channels": 8}, "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2},
          "l2caf_oblivious": {"max_iters": 10}, "l2caf_specific": {"max_iters": 10}}
+# Perturbation settings whose signed maps get both signs on the random demo net (with 32 px windows or 4
+# superpixels every perturbation lowers its predicted class's logit there).
+QUICK |= {"occlusion": {"window": 30, "stride": 30}, "rise": {"masks": 8},
+          "lime": {"samples": 8, "segments": "grid", "superpixels": 9},
+          "kernel_shap": {"samples": 8, "segments": "grid", "superpixels": 9}}
+QUICK |= {"smoothgradcampp": {"samples": 2}}
+QUICK |= {"gradient_shap": {"samples": 2}}
+QUICK |= {"ablationcam": {"top_channels": 4}, "sscam": {"top_channels": 2, "samples": 2},
+          "iscam": {"top_channels": 2, "steps": 2}}
 NO_POOL_LINEAR_HEAD = {"vgg16", "alexnet"}  # CAM needs global pooling + one linear layer
 
 

@@ -6,6 +6,11 @@ every image against every set), per-image penalties counted once, a persistent o
 crops pasted back where they were taken, and torchvision/skimage in place of imgaug.
 `recipe: original` restores the original's values and its term balance, optimiser and 8-bit images
 (the first three fixes stay).
+
+On request it keeps what the original's pictures need: the image set's 2-D embedding with the cluster centres
+(its t-SNE scatter; `embedding`) and thumbnails of each cluster's images (`scatter`, drawn by
+`vislib.figures.cluster_scatter`), and snapshots of the images during the optimisation (`snapshot_every`; the
+original saved every 200th step).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ ORIGINAL_OCTAVE: dict[str, float | int] = {
 """The octave of vis.py's `__main__` (mask sigmas 420 and 340 px as fractions of its 512 px side)."""
 ORIGINAL: dict[str, Any] = {
     "num_clusters": 10, "top_channels": 50, "images_per_cluster": 10, "penalty_layer": "auto", "image_size": 512,
-    "tsne": True, "blur_every": 10, "momentum": 0.9, "robust_alpha": 1.0, "robust_scale": 1.0,
+    "tsne": True, "embedding": "tsne", "blur_every": 10, "momentum": 0.9, "robust_alpha": 1.0, "robust_scale": 1.0,
     "decorrelate": False, "grad_pyramid": 0, "term_balance": "original", "space": "normalized",
     "fresh_optimizer": True, "projection": "uint8", "octaves": [dict(ORIGINAL_OCTAVE)],
 }
@@ -76,6 +81,9 @@ ORIGINAL: dict[str, Any] = {
 PENALTY_AUTO = "auto"
 """penalty_layer value: the last convolution that runs before the target layer's output."""
 TERM_BALANCES = ("per_cluster", "original")
+EMBEDDINGS = ("pca", "tsne")
+THUMBNAIL_SIDE = 32
+"""Side in pixels of the image-set thumbnails `scatter: true` keeps."""
 _INT_KEYS = ("iterations", "window_step", "brightness_step")
 _FEATURE_BATCH = 16
 
@@ -211,11 +219,14 @@ def last_conv_before(model: nn.Module, layer: str, sample: torch.Tensor) -> str:
 
 
 def cluster_image_set(pooled: torch.Tensor, num_clusters: int, images_per_cluster: int, seed: int,
-                      tsne: bool) -> dict[str, torch.Tensor]:
+                      tsne: bool, embedding: str = "pca") -> dict[str, torch.Tensor]:
     """KMeans over a PCA (up to 50 components), optionally then t-SNE (2-D), embedding of pooled features [M,C].
 
     Per cluster: its own members closest to its centre (up to `images_per_cluster`, -1 padded) and their
-    weights softmax(1/d); every image's cluster label; the 2-D embedding. Deterministic for a seed.
+    weights softmax(1/d); every image's cluster label; the 2-D `embedding` of the set (`pca`: the first two
+    principal components; `tsne`: the t-SNE the clustering used, or one of the PCA space, seeded alike; a set of
+    at most 2 images has no t-SNE and keeps its PCA) and each cluster's centre in it (the mean of its images).
+    Deterministic for a seed.
     """
     # sklearn takes seconds to import; importing it here spares every other featvis job that cost.
     from sklearn.cluster import KMeans
@@ -225,14 +236,19 @@ def cluster_image_set(pooled: torch.Tensor, num_clusters: int, images_per_cluste
     features = pooled.double().cpu().numpy()
     count = features.shape[0]
     components = min(50, count, features.shape[1])
-    space = PCA(n_components=components, svd_solver="full").fit_transform(features) if count > 1 else features
-    if tsne and count > 2:
+    principal = PCA(n_components=components, svd_solver="full").fit_transform(features) if count > 1 else features
+    space = principal
+    if (tsne or embedding == "tsne") and count > 2:
         from sklearn.manifold import TSNE  # slow to import and run: only when asked for
 
         # sklearn's default perplexity 30 (vis.py's), capped at (M - 1) / 3 as bhtsne requires: beyond that every
         # point is every other's neighbour and the embedding loses the clusters of a small set.
         perplexity = min(30.0, max(1.0, (count - 1) / 3))
-        space = TSNE(n_components=2, perplexity=perplexity, random_state=seed).fit_transform(space)
+        embedded = TSNE(n_components=2, perplexity=perplexity, random_state=seed).fit_transform(principal)
+        space = embedded if tsne else principal
+        flat = embedded if embedding == "tsne" else principal
+    else:
+        flat = principal
     kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(space)
     distances = torch.from_numpy(kmeans.transform(space)).T  # [K,M]
     labels = torch.from_numpy(kmeans.labels_).long()
@@ -245,10 +261,12 @@ def cluster_image_set(pooled: torch.Tensor, num_clusters: int, images_per_cluste
     logits = torch.where(valid, 1.0 / closest.values.clamp_min(1e-6), -math.inf)
     weights = torch.softmax(logits, dim=1).float()
     members = torch.where(valid, closest.indices, -1)
-    embedding = np.zeros((count, 2))
-    embedding[:, : min(2, space.shape[1])] = space[:, :2]
+    plane = torch.zeros(count, 2, dtype=torch.float64)
+    plane[:, : min(2, flat.shape[1])] = torch.from_numpy(np.ascontiguousarray(flat[:, :2]))
+    # Every cluster has a member (KMeans keeps no cluster empty), so each centre is a mean of at least one point.
+    centres = (own.double() @ plane) / own.sum(1, keepdim=True).clamp_min(1)
     return {"members": members, "weights": weights, "labels": labels,
-            "embedding": torch.from_numpy(embedding).float()}
+            "embedding": plane.float(), "centres": centres.float()}
 
 
 @register
@@ -270,6 +288,12 @@ class ClassAgnostic(FeatVisMethod):
                                        "convolution before the target layer)")
         image_size: int = param(0, "image side in pixels (0: the model's input size)", minimum=0)
         tsne: bool = param(False, "cluster a t-SNE embedding (the original) instead of the pooled features")
+        embedding: str = param("pca", "2-D embedding of the image set kept for the cluster scatter: the first two "
+                                      "principal components, or t-SNE (the original's scatter)", choices=EMBEDDINGS)
+        scatter: bool = param(False, f"keep {THUMBNAIL_SIDE}-px thumbnails of each cluster's images for the cluster "
+                                     "scatter (the workflow then draws scatter.png)")
+        snapshot_every: int = param(0, "keep the images every this many steps in extras['snapshots'] (0: off)",
+                                    minimum=0)
         seed: int = param(0, "seed of clustering, start noise and jitter")
         blur_every: int = param(10, "Gaussian blur every this many steps", minimum=1)
         momentum: float = param(0.9, "SGD momentum", minimum=0, exclusive_maximum=1)
@@ -322,7 +346,7 @@ class ClassAgnostic(FeatVisMethod):
                 f"{pooled.shape[1]} channels; use at most {pooled.shape[1]}"
             )
         clusters = cluster_image_set(pooled, k, self.params["images_per_cluster"], self.params["seed"],
-                                     self.params["tsne"])
+                                     self.params["tsne"], self.params["embedding"])
         chosen = check_units(units, k, "cluster", self.name) if units is not None else torch.arange(k)
         # Every cluster's target and channel set (the original balance scores each image against all sets).
         w, index = clusters["weights"].to(device), clusters["members"].clamp_min(0).to(device)  # padding: weight 0
@@ -332,14 +356,22 @@ class ClassAgnostic(FeatVisMethod):
         own = chosen.to(device)
         start = (w[own][:, :, None, None, None] * images[index[own]]).sum(1).clamp(0, 1)
         target, channels = targets[own], channel_sets[own]
-        result, curve, scores = self._synthesise(model, layer, penalty, start, target, channel_sets, own)
+        result, curve, scores, snapshots = self._synthesise(model, layer, penalty, start, target, channel_sets, own)
         labels = [f"{layer} cluster {c}" for c in chosen.tolist()]
         extras = {
             "channels": channels.cpu(), "target": target.float().cpu(), "members": members,
             "weights": weights, "cluster_of_image": clusters["labels"],
-            "embedding": clusters["embedding"], "start_images": start.float().cpu(),
-            "score_start": scores[0], "score_end": scores[1],
+            "embedding": clusters["embedding"], "cluster_centres": clusters["centres"],
+            "start_images": start.float().cpu(), "score_start": scores[0], "score_end": scores[1],
         }
+        if self.params["scatter"]:
+            # Every cluster's images, not only this shard's: the scatter shows the whole image set.
+            extras["scatter_members"] = clusters["members"]
+            thumbnails = to_bytes(resize(images, (THUMBNAIL_SIDE, THUMBNAIL_SIDE))).cpu()
+            extras["thumbnails"] = torch.where((clusters["members"] >= 0)[:, :, None, None, None],
+                                               thumbnails[clusters["members"].clamp_min(0)], 0)
+        if snapshots is not None:
+            extras["snapshots"], extras["snapshot_steps"] = snapshots
         return FeatVisResult(self.name, layer, result.cpu(), chosen, labels, curve.cpu(), extras)
 
     def _pooled_features(self, model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
@@ -362,9 +394,11 @@ class ClassAgnostic(FeatVisMethod):
 
     def _synthesise(self, model: nn.Module, layer: str, penalty: str, start: torch.Tensor, target: torch.Tensor,
                     channel_sets: torch.Tensor, own: torch.Tensor,
-                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor],
+                               tuple[torch.Tensor, torch.Tensor] | None]:
         """Run the octaves on the batch of cluster images (image b of cluster own_b, target row b, all K channel
-        sets [K,n]); images, loss curve [T,B], each image's dot score on its own set at the start and end."""
+        sets [K,n]); images, loss curve [T,B], each image's dot score on its own set at the start and end, and
+        with `snapshot_every` k the 8-bit images [B,S,3,H,W] after steps k, 2k, ... (all octaves) and those steps."""
         preprocessing = preprocessing_of(model)
         normalize = preprocessing.normalize
         model = fold_batch_norms(model, normalize(start[:1]), outputs=[layer], inputs=[penalty] if penalty else [])
@@ -394,6 +428,8 @@ class ClassAgnostic(FeatVisMethod):
             return loss, dots.gather(1, own[:, None])[:, 0]
 
         curve = []
+        every = self.params["snapshot_every"]
+        snapshots: list[torch.Tensor] = []
         window = project(start)
         step = 0
         with frozen_model(model), tap_layers(model, outputs=[layer], inputs=[penalty] if penalty else []) as taps:
@@ -445,9 +481,14 @@ class ClassAgnostic(FeatVisMethod):
                         canvas[..., offset[0]:offset[0] + side, offset[1]:offset[1] + side] = pixels
                         window = pixels
                     curve.append(loss.detach().float())
+                    if every and step % every == 0:
+                        snapshots.append(to_bytes(window).cpu())
             with torch.no_grad():
                 score_end = losses(normalize(window), taps, 0.0)[1].float().cpu()
-        return window.float(), check_finite(torch.stack(curve)), (score_start, score_end)
+        kept = None
+        if snapshots:
+            kept = torch.stack(snapshots, 1), torch.arange(every, step + 1, every)
+        return window.float(), check_finite(torch.stack(curve)), (score_start, score_end), kept
 
     @staticmethod
     def _offset(span: int, spread: float, generator: torch.Generator) -> tuple[int, int]:
@@ -457,6 +498,11 @@ class ClassAgnostic(FeatVisMethod):
         draws = span / 2 + span * spread * torch.randn(2, generator=generator, dtype=torch.float64)
         y, x = draws.clamp(0, span).round().long().tolist()
         return y, x
+
+
+def to_bytes(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0,1] as the 8-bit values a picture of them holds (uint8, rounded)."""
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def resize_bicubic(images: torch.Tensor, side: int) -> torch.Tensor:

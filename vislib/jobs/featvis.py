@@ -91,3 +91,21 @@ def featvis_grid(*, shards: Sequence[str], out: str, title: str) -> None:
     from vislib.figures import featvis_grid as draw_featvis_grid
 
     draw_featvis_grid(out, [load_featvis_shard(path) for path in shards], title)
+
+
+def featvis_scatter(*, shards: Sequence[str], out: str, title: str) -> None:
+    """Draw a class-agnostic method's image-set embedding: its clusters, each cluster's images as thumbnails and
+    its synthesised image (from whichever shard made it) at its centre."""
+    from vislib.figures import cluster_scatter
+
+    loaded = [load_featvis_shard(path) for path in shards]
+    # Every shard clusters the same image set with the same seed, so the first one's embedding is every one's.
+    first = loaded[0].extras
+    if "thumbnails" not in first:
+        raise ConfigError(f"featvis shard {shards[0]!r} holds no thumbnails for the cluster scatter; set `scatter: "
+                          "true` on the class_agnostic method and rerun its featvis jobs")
+    visualisations = {int(unit): image.transpose(1, 2, 0) for shard in loaded
+                      for unit, image in zip(shard.units, shard.images, strict=True)}
+    cluster_scatter(out, first["embedding"], first["cluster_of_image"], first["cluster_centres"],
+                    first["scatter_members"], first["thumbnails"].transpose(0, 1, 3, 4, 2) / 255, visualisations,
+                    title)

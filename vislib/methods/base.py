@@ -46,6 +46,10 @@ class AttributionMethod(ABC):
         functions: methods that read a layer or change how the model backpropagates need the Python model."""
         return not self.uses_layer
 
+    def check_model(self, model: nn.Module) -> None:  # noqa: B027  (optional hook: most methods run on any model)
+        """Raise LayerError naming what in `model` the method cannot handle (the config check calls it before any
+        job; override where needed)."""
+
     def validate(self) -> None:  # noqa: B027  (optional hook: most methods need no value checks)
         """Check parameter values beyond their types (override where needed)."""
 

@@ -235,6 +235,145 @@ class LayerCAM(_GradientWeightedCAM):
         return torch.relu(grad) * activation
 
 
+@register
+class HiResCAM(_GradientWeightedCAM):
+    """HiResCAM (Draelos & Carin 2020): ReLU(sum_k dy/dA_k * A_k), the gradient times the activation per position."""
+
+    name = "hirescam"
+
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The activation weighted position-wise by its gradient."""
+        return grad * activation
+
+
+XGRADCAM_EPS = 1e-7
+"""Added to each channel's activation sum, as pytorch-grad-cam does (torchcam adds 1e-8)."""
+
+
+@register
+class XGradCAM(_GradientWeightedCAM):
+    """XGrad-CAM (Fu et al. 2020): channel weights sum_ij(dy/dA_kij * A_kij) / sum_ij A_kij."""
+
+    name = "xgradcam"
+
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The activation weighted by its gradient's mean under the channel's own activation distribution."""
+        activation_sum = activation.sum(dim=(2, 3), keepdim=True)
+        weights = (grad * activation).sum(dim=(2, 3), keepdim=True) / (activation_sum + XGRADCAM_EPS)
+        return weights * activation
+
+
+@register
+class GradCAMElementWise(_GradientWeightedCAM):
+    """Element-wise Grad-CAM (pytorch-grad-cam's GradCAMElementWise): ReLU(sum_k ReLU(dy/dA_k * A_k))."""
+
+    name = "gradcam_elementwise"
+
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The positive part of the gradient times the activation, per position."""
+        return torch.relu(grad * activation)
+
+
+class _FirstComponentCAM(CAMMethod):
+    """A CAM whose map is always the first principal component of its weighted activations, so `eigen_smooth`
+    computes the same map."""
+
+    def channel_sum(self, weighted: torch.Tensor) -> torch.Tensor:
+        """The first principal component over positions (sign: agreeing with the channel sum)."""
+        return first_component(weighted)
+
+
+@register
+class EigenCAM(_FirstComponentCAM):
+    """Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the layer's activation; forward
+    pass only, the same map for every class."""
+
+    name = "eigencam"
+
+    def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
+        with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+            logits = model(fast_layout(images))
+        activation = capture.spatial(layer, self.name)
+        return WeightedActivations(activation, choose_targets(logits, targets), logits)
+
+
+@register
+class EigenGradCAM(_FirstComponentCAM, _GradientWeightedCAM):
+    """EigenGrad-CAM (pytorch-grad-cam's EigenGradCAM): the first principal component of dy/dA * A."""
+
+    name = "eigengradcam"
+
+    @staticmethod
+    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient times the activation, per position (HiResCAM's terms before their sum)."""
+        return grad * activation
+
+
+SMOOTH_GRADCAMPP_EPS = 1e-8
+"""Added to the denominator of alpha, as torchcam does."""
+
+
+@register
+class SmoothGradCAMPlusPlus(CAMMethod):
+    """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with the gradient's powers averaged over noisy inputs."""
+
+    name = "smoothgradcampp"
+
+    @dataclass(frozen=True)
+    class Params(CAMParams):
+        samples: int = param(4, "noisy copies of each image", minimum=1)
+        noise_std: float = param(0.3, "standard deviation of the Gaussian noise added to the model's input "
+                                 "(after its normalisation), as torchcam's std", minimum=0)
+        seed: int = param(0, "seed of the noise, shared by every image")
+        batch_size: int = param(32, "noisy images per forward/backward pass", minimum=1)
+
+    def noise(self, images: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise [samples,3,H,W] from `seed`, shared by every image of any batch.
+
+        Sharing one draw makes an image's map independent of which images share its batch; drawing it on the
+        CPU makes it independent of the device too.
+        """
+        generator = torch.Generator().manual_seed(self.params["seed"])
+        noise = torch.randn((self.params["samples"], *images.shape[1:]), generator=generator)
+        return noise.to(images.device, images.dtype)
+
+    def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
+        with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+            logits = model(fast_layout(images))
+        activation = capture.spatial(layer, self.name).detach()
+        targets = choose_targets(logits, targets)
+        mean_grad, mean_grad2, mean_grad3 = self._mean_gradient_powers(model, layer, images, targets, activation)
+        # Grad-CAM++'s alpha (eq. 19 of its paper) with each power of the gradient averaged over the noisy copies,
+        # the numerator being the mean second power (torchcam's correction of the paper's first power).
+        activation_sum = activation.sum(dim=(2, 3), keepdim=True)
+        alpha = mean_grad2 / (2 * mean_grad2 + activation_sum * mean_grad3 + SMOOTH_GRADCAMPP_EPS)
+        weights = (alpha * torch.relu(mean_grad)).sum(dim=(2, 3), keepdim=True)
+        return WeightedActivations(weights * activation, targets, logits)
+
+    def _mean_gradient_powers(self, model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor,
+                              activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means over the noisy copies of dy/dA, (dy/dA)^2 and (dy/dA)^3, each shaped as `activation` [N,C,h,w]."""
+        n, samples = images.shape[0], self.params["samples"]
+        noise = self.noise(images) * self.params["noise_std"]
+        rows = torch.arange(n, device=images.device).repeat_interleave(samples)
+        draws = torch.arange(samples, device=images.device).repeat(n)
+        sums = [torch.zeros_like(activation) for _ in range(3)]
+        step = self.params["batch_size"]
+        # Noisy copies of all images are batched together; index_add_ adds each image's copies in their order.
+        for start in range(0, n * samples, step):
+            image_ids, draw_ids = rows[start:start + step], draws[start:start + step]
+            noisy = images[image_ids] + noise[draw_ids]
+            grad = layer_activation_and_grad(model, layer, noisy, targets[image_ids], self.name).grad
+            grad2 = grad * grad
+            for total, power in zip(sums, (grad, grad2, grad2 * grad), strict=True):
+                total.index_add_(0, image_ids, power)
+        mean_grad, mean_grad2, mean_grad3 = (total / samples for total in sums)
+        return mean_grad, mean_grad2, mean_grad3
+
+
 def _linear_head(model: nn.Module, layer: str, activation: torch.Tensor,
                  logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of the linear layer that maps the global average of `activation` to the logits."""
@@ -275,6 +414,29 @@ SCORECAM_SOFTMAX = ("classes", "channels")
 SCORECAM_INIT = ("zeros", "ones")
 
 
+def top_channels(activation: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [N,k] of each image's channels of largest mean absolute activation; every channel [N,C] when `k`
+    is 0 or at least the channel count.
+
+    A channel left out of a perturbation-scored CAM changes the map by its weight error times its activation,
+    so the channels to score are those of largest magnitude, whatever their sign (layers before a ReLU).
+    """
+    n, c = activation.shape[:2]
+    if k == 0 or k >= c:
+        return torch.arange(c, device=activation.device).expand(n, c)
+    return activation.abs().mean(dim=(2, 3)).topk(k, dim=1).indices
+
+
+class MaskVariants(NamedTuple):
+    """How a Score-CAM variant changes each normalised mask M [H,W] before scoring it: variant v scores
+    `scales[v] * M + offsets[v]` (a missing part leaves M as it is), and the channel's score is the mean over
+    the `copies` variants."""
+
+    copies: int
+    scales: torch.Tensor | None = None  # [copies]
+    offsets: torch.Tensor | None = None  # [copies,H,W]
+
+
 @register
 class ScoreCAM(CAMMethod):
     """Score-CAM (Wang et al. 2020): channels weighted by the target's score on the input masked by each."""
@@ -297,7 +459,7 @@ class ScoreCAM(CAMMethod):
                 logits = model(fast_layout(images))
             activation = capture.spatial(layer, self.name)
             targets = choose_targets(logits, targets)
-            channels = self._channels(activation)
+            channels = top_channels(activation, self.params["top_channels"])
             scores = self._masked_scores(model, images, targets, activation, channels)
             # Channels left unscored get the lowest score of the scored ones. They are the weakest
             # channels, and a channel's masked score tends to grow with its activation, so the
@@ -325,36 +487,187 @@ class ScoreCAM(CAMMethod):
         constant = flat.amax(dim=2) == flat.amin(dim=2)
         return scores.masked_fill(constant, 0.0)
 
-    def _channels(self, activation: torch.Tensor) -> torch.Tensor:
-        """Indices [N,k] of the channels to score: all, or the `top_channels` of largest mean absolute activation.
-
-        A channel left unscored changes the map by its weight error times its activation, so the
-        channels to score are those of largest magnitude, whatever their sign (layers before a ReLU).
-        """
-        n, c = activation.shape[:2]
-        k = self.params["top_channels"]
-        if k == 0 or k >= c:
-            return torch.arange(c, device=activation.device).expand(n, c)
-        return activation.abs().mean(dim=(2, 3)).topk(k, dim=1).indices
+    def mask_variants(self, images: torch.Tensor) -> MaskVariants | None:
+        """How each mask is varied before scoring (SS-CAM's noise, IS-CAM's scales); None: scored as it is."""
+        return None
 
     def _masked_scores(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                        activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-        """Target score [N,k] of each image masked by each of its selected channels (upsampled, normalised):
-        its probability (`softmax` over classes) or its logit (`softmax` over channels, applied later)."""
+        """Target score [N,k] of each image masked by each of its selected channels (upsampled, normalised,
+        then varied by `mask_variants` and averaged over the variants): its probability (`softmax` over
+        classes) or its logit (`softmax` over channels, applied later)."""
         n, k = channels.shape
-        rows = torch.arange(n, device=images.device).repeat_interleave(k)
-        cols = channels.reshape(-1)
-        scores = torch.empty(n * k, device=images.device)
+        variants = self.mask_variants(images)
+        count = 1 if variants is None else variants.copies
+        # One row per image, channel and variant, the variants of a mask next to each other.
+        index = torch.arange(n * k * count, device=images.device)
+        rows = index // (k * count)
+        cols = channels.reshape(-1).repeat_interleave(count)
+        scores = torch.empty(len(index), device=images.device)
         height, width = images.shape[-2:]
         size = (height, width)
         step = self.params["batch_size"]
         probabilities = self.params["softmax"] == "classes"
         # Masks are built per chunk: all N*k of them at image size would not fit in memory.
-        for start in range(0, n * k, step):
+        for start in range(0, len(index), step):
             r, c = rows[start:start + step], cols[start:start + step]
             masks = normalize_maps(upsample_maps(activation[r, c], size))
+            if variants is not None:
+                variant = index[start:start + step] % count
+                if variants.scales is not None:
+                    masks = variants.scales[variant, None, None] * masks
+                if variants.offsets is not None:
+                    masks = masks + variants.offsets[variant]
             logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype))).float()
             if probabilities:
                 logits = torch.softmax(logits, dim=1)
             scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]
+        return scores.view(n, k, count).mean(2)
+
+
+@register
+class SSCAM(ScoreCAM):
+    """SS-CAM (Wang et al. 2020): Score-CAM with each channel's score averaged over its mask plus Gaussian noise."""
+
+    name = "sscam"
+
+    @dataclass(frozen=True)
+    class Params(ScoreCAM.Params):
+        softmax: str = param("channels", "channel weight: the softmax over channels of the target's mean logit "
+                             "over the noisy masks (torchcam's definition) or its mean probability (softmax "
+                             "over classes, as Score-CAM's definition)", choices=SCORECAM_SOFTMAX)
+        samples: int = param(35, "noisy copies of each mask, their scores averaged (torchcam's default)", minimum=1)
+        noise_std: float = param(2.0, "standard deviation of the Gaussian noise added to each mask, whose values "
+                                 "span [0,1] (torchcam's default)", minimum=0)
+        seed: int = param(0, "seed of the noise: one draw shared by every channel of every image")
+
+    def noise(self, images: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise [samples,H,W] from `seed`, shared by every mask of every image.
+
+        One draw for all makes an image's map independent of which images share its batch; across the channels
+        of an image it compares every channel under the same noise, which leaves each channel's expected score
+        as independent draws would.
+        """
+        generator = torch.Generator(device=images.device).manual_seed(self.params["seed"])
+        return torch.randn((self.params["samples"], *images.shape[-2:]), generator=generator, device=images.device)
+
+    def mask_variants(self, images: torch.Tensor) -> MaskVariants:
+        """The mask plus each noise sample, scaled to `noise_std`."""
+        return MaskVariants(self.params["samples"], offsets=self.params["noise_std"] * self.noise(images))
+
+
+ISCAM_SCALES = ("cumulative", "linear")
+
+
+@register
+class ISCAM(ScoreCAM):
+    """IS-CAM (Naidu et al. 2020): Score-CAM with each channel's score averaged over scaled copies of its mask."""
+
+    name = "iscam"
+
+    @dataclass(frozen=True)
+    class Params(ScoreCAM.Params):
+        softmax: str = param("channels", "channel weight: the softmax over channels of the target's mean logit "
+                             "over the scaled masks (torchcam's definition) or its mean probability (softmax "
+                             "over classes, as Score-CAM's definition)", choices=SCORECAM_SOFTMAX)
+        steps: int = param(10, "scaled copies of each mask, their scores averaged (torchcam's default)", minimum=1)
+        scales: str = param("cumulative", "the mask's scale at step i of N: cumulative, sum_{j<=i} j/N (torchcam; "
+                            "up to (N+1)/2), or linear, i/N (a Riemann sum along the straight path from no mask "
+                            "to the mask)", choices=ISCAM_SCALES)
+
+    def step_scales(self, device: torch.device) -> torch.Tensor:
+        """The scale [steps] of the mask at each step."""
+        steps = self.params["steps"]
+        i = torch.arange(1, steps + 1, dtype=torch.float64)
+        scales = i * (i + 1) / (2 * steps) if self.params["scales"] == "cumulative" else i / steps
+        return scales.to(device=device, dtype=torch.float32)
+
+    def mask_variants(self, images: torch.Tensor) -> MaskVariants:
+        """The mask times each step's scale."""
+        return MaskVariants(self.params["steps"], scales=self.step_scales(images.device))
+
+
+class _LayerReplacement:
+    """The [n,C,h,w] map a hooked layer outputs, instead of its own, in the next forward pass."""
+
+    def __init__(self) -> None:
+        self.spatial: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def _replaced_layer(model: nn.Module, layer: str, method: str) -> Iterator[_LayerReplacement]:
+    """A forward hook that swaps `layer`'s output for the replacement's map (in the layer's own layout), once per
+    replacement: a layer that runs twice in one forward pass has no single output to replace."""
+    replacement = _LayerReplacement()
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(f"method {method!r} needs a layer that outputs a tensor, but {layer!r} outputs "
+                             f"{type(output).__name__}; pick a layer with a feature map or tokens")
+        if replacement.spatial is None:
+            raise LayerError(f"layer {layer!r} runs more than once in one forward pass, so method {method!r} has "
+                             "no single output to change; pick a layer used once (e.g. the enclosing block)")
+        spatial, replacement.spatial = replacement.spatial, None
+        layout = layer_layout(model, layer, output) or CHANNELS_FIRST
+        return layout.from_spatial(spatial.to(output.dtype), output)
+
+    handle = resolve_layer(model, layer).register_forward_hook(hook)
+    try:
+        yield replacement
+    finally:
+        handle.remove()
+
+
+@register
+class AblationCAM(CAMMethod):
+    """Ablation-CAM (Desai & Ramaswamy 2020): channel k weighted by (y - y_k) / y, y_k the target's logit with the
+    layer's channel k set to zero."""
+
+    name = "ablationcam"
+
+    @dataclass(frozen=True)
+    class Params(CAMParams):
+        batch_size: int = param(32, "ablated copies of the layer's output per forward pass", minimum=1)
+        top_channels: int = param(0, "ablate only the most active channels, the others weighted 0 (0: every "
+                                  "channel, exact)", minimum=0)
+
+    def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
+        with frozen_model(model), torch.no_grad():
+            with capture_layer(model, layer) as capture:
+                logits = model(fast_layout(images))
+            activation = capture.spatial(layer, self.name)
+            targets = choose_targets(logits, targets)
+            channels = top_channels(activation, self.params["top_channels"])
+            # At least float32: a drop is a small difference of two logits, which half precision would lose.
+            precision = torch.promote_types(logits.dtype, torch.float32)
+            score = logits.gather(1, targets[:, None]).to(precision)  # [N,1]
+            ablated = self._ablated_scores(model, layer, images, targets, activation, channels, precision)
+            # A channel left unablated is taken to change nothing: its weight is 0 (pytorch-grad-cam's rule).
+            drops = torch.zeros(activation.shape[:2], dtype=precision, device=score.device).scatter(
+                1, channels, score - ablated)
+            # A score of exactly 0 leaves the ratio undefined; the drops themselves then give the map.
+            weights = drops / torch.where(score == 0, torch.ones_like(score), score)
+        return WeightedActivations(weights[:, :, None, None].to(activation.dtype) * activation, targets, logits)
+
+    def _ablated_scores(self, model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor,
+                        activation: torch.Tensor, channels: torch.Tensor, precision: torch.dtype) -> torch.Tensor:
+        """Target logit [N,k] of each image with each of its selected channels of `layer` zeroed.
+
+        The layer's output is replaced by the first pass's activation with one channel zeroed, so an ablated
+        copy differs from the image's own pass by that channel alone; the layers before it still run (without
+        a traced graph there is no running only the rest of the network).
+        """
+        n, k = channels.shape
+        rows = torch.arange(n, device=images.device).repeat_interleave(k)
+        cols = channels.reshape(-1)
+        scores = torch.empty(n * k, dtype=precision, device=images.device)
+        step = self.params["batch_size"]
+        with _replaced_layer(model, layer, self.name) as replacement:
+            for start in range(0, n * k, step):
+                r, c = rows[start:start + step], cols[start:start + step]
+                ablated = activation[r]  # advanced indexing: a copy, safe to change
+                ablated[torch.arange(len(r), device=images.device), c] = 0
+                replacement.spatial = ablated
+                logits = model(fast_layout(images[r]))
+                scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]
         return scores.view(n, k)

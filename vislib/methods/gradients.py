@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
+from vislib.errors import LayerError
 from vislib.methods.base import (
     METHODS,
     Attribution,
@@ -22,8 +25,8 @@ from vislib.methods.base import (
     register,
 )
 from vislib.methods.cam import GradCAM, layer_activation_and_grad, layer_or_default
-from vislib.methods.hooks import frozen_model
-from vislib.methods.postprocess import map_quantiles, to_image_maps
+from vislib.methods.hooks import capture_layer, frozen_model
+from vislib.methods.postprocess import map_quantiles, normalize_maps, to_image_maps, upsample_maps
 from vislib.models.registry import preprocessing_of
 from vislib.params import param, with_defaults
 
@@ -74,9 +77,31 @@ class _GuidedClamp(torch.autograd.Function):
         return torch.ops.aten.hardtanh_backward(positive, x, 0.0, ctx.upper), None
 
 
+class _DeconvClamp(torch.autograd.Function):
+    """ReLU (or ReLU6) whose backward passes the positive part of the incoming gradient, whatever the input was
+    (Zeiler and Fergus's deconvnet: the reconstruction is rectified, not gated by the forward pass)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:
+        return x.clamp_min(0) if upper is None else x.clamp(0, upper)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output.clamp_min(0), None
+
+
 @contextlib.contextmanager
 def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
-    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) backpropagates guided.
+    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) backpropagates guided."""
+    with relus_backpropagating(model, _GuidedClamp, relu6):
+        yield
+
+
+@contextlib.contextmanager
+def relus_backpropagating(model: nn.Module, rule: type[torch.autograd.Function], relu6: bool = True
+                          ) -> Iterator[None]:
+    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) runs as `rule`, an autograd
+    function of (input, upper bound or None) that clamps forward and backpropagates its own way.
 
     nn.ReLU modules call torch.nn.functional.relu, and some networks call it directly (torchvision's
     googlenet and densenet), so patching that one function covers both, including a module reused
@@ -85,17 +110,17 @@ def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
     """
     original = F.relu
 
-    def guided_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        return _GuidedClamp.apply(input, None)
+    def patched_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return rule.apply(input, None)
 
-    def guided_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
-                     ) -> torch.Tensor:
+    def patched_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
+                      ) -> torch.Tensor:
         assert isinstance(module, nn.ReLU6)  # the hook is registered on ReLU6 modules only
-        return _GuidedClamp.apply(inputs[0], float(module.max_val))
+        return rule.apply(inputs[0], float(module.max_val))
 
-    handles = [m.register_forward_hook(guided_relu6) for m in model.modules()
+    handles = [m.register_forward_hook(patched_relu6) for m in model.modules()
                if relu6 and isinstance(m, nn.ReLU6)]
-    F.relu = guided_relu
+    F.relu = patched_relu
     try:
         yield
     finally:
@@ -389,3 +414,512 @@ class SmoothGrad(GradientMethod):
                 attribution = attribution * attribution
             total += attribution.view(n, len(chunk), *images.shape[1:]).sum(1)
         return PixelAttribution(total / len(noise), targets, logits)
+
+
+@register
+class Deconvolution(GradientMethod):
+    """Deconvnet (Zeiler and Fergus 2014): the input gradient with every ReLU's backward passing the positive
+    part of the incoming gradient, whatever the ReLU's input was."""
+
+    name = "deconvolution"
+    Params = GuidedParams
+
+    def runs_on_torchscript(self) -> bool:
+        """No: the ReLUs of the Python model are patched."""
+        return False
+
+    def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
+        """The deconvnet's reconstruction [N,3,H,W] of the target score (signed)."""
+        with relus_backpropagating(model, _DeconvClamp, self.params["relu6"]):
+            grad, logits, targets = input_gradient(model, images, targets)
+        return PixelAttribution(grad, targets, logits)
+
+
+SALIENCY_GRADIENTS = ("vanilla", "guided")
+
+
+@dataclass(frozen=True)
+class SignedSaliencyParams(ReductionParams):
+    """Parameters of the positive and negative saliency maps."""
+
+    gradient: str = param("vanilla", "the gradient split by its sign: vanilla (d score / d input) or guided "
+                          "(guided backprop, as pytorch-cnn-visualizations applies it)", choices=SALIENCY_GRADIENTS)
+
+
+class _SignedSaliency(GradientMethod):
+    """One sign of the input gradient, divided by the gradient's extreme value of that sign over the whole image
+    (pytorch-cnn-visualizations' get_positive_negative_saliency)."""
+
+    Params = SignedSaliencyParams
+    sign: ClassVar[float] = 1.0
+
+    def runs_on_torchscript(self) -> bool:
+        """Only on the vanilla gradient: guided ReLUs patch the Python model."""
+        return self.params["gradient"] == "vanilla"
+
+    def maps_are_signed(self) -> bool:
+        """Never: the attribution is one sign's magnitude."""
+        return False
+
+    def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
+        """max(0, sign * g) / max(sign * g) per image [N,3,H,W] in [0,1]; 0 where g has no value of that sign."""
+        with guided_relus(model) if self.params["gradient"] == "guided" else contextlib.nullcontext():
+            grad, logits, targets = input_gradient(model, images, targets)
+        part = (self.sign * grad).clamp_min(0)
+        peak = part.amax(dim=(1, 2, 3), keepdim=True)
+        # The original divides by a peak <= 0 too (inf or a sign flip); no value of that sign is a zero map here.
+        return PixelAttribution(part / torch.where(peak > 0, peak, 1.0), targets, logits)
+
+
+@register
+class PositiveSaliency(_SignedSaliency):
+    """Positive saliency: max(0, g) / max(g) of the input gradient g (pytorch-cnn-visualizations)."""
+
+    name = "positive_saliency"
+    sign = 1.0
+
+
+@register
+class NegativeSaliency(_SignedSaliency):
+    """Negative saliency: max(0, -g) / -min(g) of the input gradient g (pytorch-cnn-visualizations)."""
+
+    name = "negative_saliency"
+    sign = -1.0
+
+
+class ChannelGradient(NamedTuple):
+    """The guided gradient of one channel's activation per image, and the channels it was taken of."""
+
+    grad: torch.Tensor  # [N,3,H,W]
+    channels: torch.Tensor  # [N], the backpropagated channel of each image
+    logits: torch.Tensor  # [N,K]
+    targets: torch.Tensor  # [N]
+
+
+@register
+class LayerGuidedBackprop(GradientMethod):
+    """Guided backpropagation of one channel of a layer (pytorch-cnn-visualizations'
+    layer_activation_with_guided_backprop): the guided gradient of sum |A_k| over the channel's positions."""
+
+    name = "layer_guided_backprop"
+    uses_layer = True
+
+    @dataclass(frozen=True)
+    class Params(GuidedParams):
+        channel: int = param(-1, "channel k of the layer whose summed |activation| is backpropagated; -1: each "
+                             "image's most active channel (the largest sum of |A_k|)", minimum=-1)
+
+    def runs_on_torchscript(self) -> bool:
+        """No: it reads a layer and guides the Python model's ReLUs."""
+        return False
+
+    def channel_gradient(self, model: nn.Module, layer: str | None, images: torch.Tensor,
+                         targets: torch.Tensor | None) -> ChannelGradient:
+        """The guided gradient [N,3,H,W] of sum |A_k| for `channel` k (or each image's most active one)."""
+        layer = layer_or_default(model, layer, self.name)
+        with (frozen_model(model), capture_layer(model, layer) as capture,
+              guided_relus(model, self.params["relu6"]), torch.enable_grad()):
+            x = fast_layout(images.detach()).requires_grad_(True)
+            logits = model(x)
+            activation = capture.spatial(layer, self.name)
+            targets = choose_targets(logits, targets)
+            strength = activation.abs().sum(dim=(2, 3))  # [N,C]
+            channel = self.params["channel"]
+            if channel >= strength.shape[1]:
+                raise LayerError(f"method {self.name!r}: layer {layer!r} has {strength.shape[1]} channels, so channel "
+                                 f"{channel} does not exist; pick one of 0..{strength.shape[1] - 1} or -1 (each "
+                                 "image's most active channel)")
+            channels = (strength.detach().argmax(1) if channel < 0
+                        else torch.full_like(targets, channel))
+            # Images are independent in eval mode, so the gradient of the summed objectives is per-image.
+            (grad,) = torch.autograd.grad(strength.gather(1, channels[:, None]).sum(), x)
+        return ChannelGradient(grad, channels, logits.detach(), targets)
+
+    def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
+        """Guided gradient [N,3,H,W] of the channel's summed |activation| (signed); `targets` are checked and
+        returned but do not change it."""
+        grad, _, logits, targets = self.channel_gradient(model, layer, images, targets)
+        return PixelAttribution(grad, targets, logits)
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        grad, channels, logits, targets = self.channel_gradient(model, layer, images, targets)
+        return Attribution(self.reduce(grad).float(), targets, logits.argmax(1), extras={"channel": channels})
+
+
+RESCALE_EPS = 1e-10
+"""Where |x - x0| is below this, a nonlinearity passes its plain gradient instead of DeepLIFT's multiplier
+(captum's DeepLift default), where the quotient would be 0/0."""
+
+
+class _RescaleReLU(torch.autograd.Function):
+    """ReLU whose backward passes DeepLIFT's multiplier (relu(x) - relu(x0)) / (x - x0) to the images' rows.
+
+    The tensor holds the images' rows first (`n` of them) and then their references (one shared row or one per
+    image); the references get no gradient: they only say where each unit stood at the baseline.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, n: int) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.n = n
+        return z.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (z,) = ctx.saved_tensors
+        x, x0 = z[:ctx.n], z[ctx.n:]
+        grad = grad_output[:ctx.n]
+        delta_in = x - x0
+        plain = torch.ops.aten.threshold_backward(grad, x, 0)
+        rescaled = torch.where(delta_in.abs() < RESCALE_EPS, plain,
+                               grad * (x.clamp_min(0) - x0.clamp_min(0)) / delta_in)
+        return torch.cat([rescaled, torch.zeros_like(x0)]), None
+
+
+class _RescaleElementwise(torch.autograd.Function):
+    """An elementwise activation module's output whose backward passes (f(x) - f(x0)) / (x - x0)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, output: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor],
+                n: int) -> torch.Tensor:
+        ctx.save_for_backward(z, output)
+        ctx.function, ctx.n = function, n
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        z, output = ctx.saved_tensors
+        x, x0 = z[:ctx.n], z[ctx.n:]
+        grad = grad_output[:ctx.n]
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (plain,) = torch.autograd.grad(ctx.function(leaf), leaf, grad)
+        delta_in = x - x0
+        rescaled = torch.where(delta_in.abs() < RESCALE_EPS, plain,
+                               grad * (output[:ctx.n] - output[ctx.n:]) / delta_in)
+        return torch.cat([rescaled, torch.zeros_like(x0)]), None, None, None
+
+
+class _RescaleMaxPool(torch.autograd.Function):
+    """2-D max pooling whose backward gives each window's output difference y - y0 to one input position.
+
+    Where the image's maximum is at least the reference's, the image's part max(y, y0) - y0 goes to the image's
+    argmax; the rest, y - max(y, y0), to the reference's argmax (captum's DeepLift rule); each position's multiplier
+    is what it received over x - x0, so the window's contributions add up to y - y0. Positions that receive from
+    several overlapping windows add them up, as the pooling's gradient does.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, pool: tuple, n: int) -> torch.Tensor:
+        output, indices = torch.ops.aten.max_pool2d_with_indices(z, *pool)
+        ctx.save_for_backward(z, output, indices)
+        ctx.pool, ctx.n = pool, n
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        z, output, indices = ctx.saved_tensors
+        n = ctx.n
+        x, x0 = z[:n], z[n:]
+        grad, y, y0 = grad_output[:n], output[:n], output[n:]
+        image_argmax, reference_argmax = indices[:n], indices[n:].expand_as(y).contiguous()
+
+        def unpool(values: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
+            return torch.ops.aten.max_pool2d_with_indices_backward(values, x, *ctx.pool, argmax)
+
+        top = torch.maximum(y, y0)
+        moved = unpool(grad * (top - y0), image_argmax) + unpool(grad * (y - top), reference_argmax)
+        delta_in = x - x0
+        rescaled = torch.where(delta_in.abs() < RESCALE_EPS, unpool(grad, image_argmax), moved / delta_in)
+        return torch.cat([rescaled, torch.zeros_like(x0)]), None, None
+
+
+RESCALED_MODULES = (nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SiLU,
+                    nn.GELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid)
+"""Elementwise activation modules DeepLIFT rescales (nn.ReLU6 is a Hardtanh; nn.ReLU goes through F.relu)."""
+
+
+@contextlib.contextmanager
+def rescale_rules(model: nn.Module, images: int, rows: int) -> Iterator[None]:
+    """While active, `model`'s ReLUs, max poolings and elementwise activations backpropagate DeepLIFT's Rescale
+    multipliers on batches of `rows` rows: `images` images followed by their references.
+
+    As for guided ReLUs, torch.nn.functional.relu and max_pool2d are patched process-wide (module and functional
+    calls alike, reused modules included) and activation modules (RESCALED_MODULES) get a forward hook. A call on a
+    tensor that does not hold the batch's rows first runs unchanged.
+    """
+    original_relu, original_max_pool2d = F.relu, F.max_pool2d
+
+    def holds_rows(tensor: torch.Tensor) -> bool:
+        return tensor.ndim > 0 and tensor.shape[0] == rows
+
+    def rescale_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return _RescaleReLU.apply(input, images) if holds_rows(input) else original_relu(input, inplace)
+
+    def rescale_max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                           ceil_mode: bool = False, return_indices: bool = False):
+        if return_indices or input.ndim != 4 or not holds_rows(input):
+            # Typed loosely: return_indices passes through, and the overloads of max_pool2d split on its value.
+            unchanged: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = original_max_pool2d
+            return unchanged(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                                       return_indices=return_indices)
+        pool = (list(_pair(kernel_size)), list(_pair(stride if stride else kernel_size)), list(_pair(padding)),
+                list(_pair(dilation)), bool(ceil_mode))
+        return _RescaleMaxPool.apply(input, pool, images)
+
+    def rescale_module(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor | None:
+        z = inputs[0] if inputs else None
+        if not (isinstance(z, torch.Tensor) and isinstance(output, torch.Tensor) and holds_rows(z)
+                and output.shape == z.shape):
+            return None
+        return _RescaleElementwise.apply(z, output, module.forward, images)
+
+    handles = [m.register_forward_hook(rescale_module) for m in model.modules() if isinstance(m, RESCALED_MODULES)]
+    F.relu, F.max_pool2d = rescale_relu, rescale_max_pool2d
+    try:
+        yield
+    finally:
+        F.relu, F.max_pool2d = original_relu, original_max_pool2d
+        for handle in handles:
+            handle.remove()
+
+
+DEEPLIFT_BASELINES = ("zero", "black", "mean", "blur")
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel of [N,C,H,W] blurred by a Gaussian of std `sigma` pixels (truncated at 3 sigma, edges
+    replicated)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    across = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(across, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+class Decomposition(NamedTuple):
+    """DeepLIFT's attribution with the scores it decomposes."""
+
+    values: torch.Tensor  # [N,3,H,W], summing to scores - reference_scores
+    targets: torch.Tensor  # [N]
+    logits: torch.Tensor  # [N,K] of the images
+    reference_scores: torch.Tensor  # [N], the target's score at each image's reference
+
+
+@register
+class DeepLIFT(GradientMethod):
+    """DeepLIFT with the Rescale rule (Shrikumar et al. 2017): (x - x0) times multipliers that replace each
+    nonlinearity's derivative by (f(x) - f(x0)) / (x - x0), so the attributions add up to f(x) - f(x0)."""
+
+    name = "deeplift"
+
+    @dataclass(frozen=True)
+    class Params:
+        baseline: str = param("zero", "reference x0: zeros in input space, black pixels, each image's mean colour, "
+                              "or the image blurred", choices=DEEPLIFT_BASELINES)
+        blur_sigma: float = param(10.0, "std in pixels of the Gaussian blur of the 'blur' baseline",
+                                  exclusive_minimum=0)
+        # The signed sum keeps summation-to-delta: the map's total is the attributions' total.
+        channel_reduction: str = param("signed_sum", REDUCTION_HELP, choices=CHANNEL_REDUCTIONS)
+
+    def runs_on_torchscript(self) -> bool:
+        """No: the nonlinearities of the Python model are patched."""
+        return False
+
+    def references(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The references x0: [1,3,H,W] shared by every image ('zero', 'black') or [N,3,H,W] ('mean', 'blur')."""
+        how = self.params["baseline"]
+        if how == "zero":
+            return torch.zeros_like(images[:1])
+        if how == "black":
+            return preprocessing_of(model).normalize(torch.zeros_like(images[:1]))
+        if how == "mean":
+            return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+        return gaussian_blur(images, self.params["blur_sigma"])
+
+    def decompose(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None) -> Decomposition:
+        """One forward pass of the images and their references together, one backward pass of the images' scores."""
+        references = self.references(model, images).to(images.dtype)
+        n = images.shape[0]
+        with frozen_model(model), rescale_rules(model, n, n + len(references)), torch.enable_grad():
+            x = fast_layout(images.detach()).requires_grad_(True)
+            logits = model(torch.cat([x, fast_layout(references.contiguous())]))
+            targets = choose_targets(logits[:n], targets)
+            # Images are independent in eval mode, so the gradient of the summed scores is per-image.
+            (multipliers,) = torch.autograd.grad(logits[:n].gather(1, targets[:, None]).sum(), x)
+        logits = logits.detach()
+        reference_scores = logits[n:].expand(n, -1).gather(1, targets[:, None])[:, 0] if len(references) == 1 \
+            else logits[n:].gather(1, targets[:, None])[:, 0]
+        return Decomposition((images - references) * multipliers, targets, logits[:n], reference_scores)
+
+    def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
+        """Signed attribution [N,3,H,W] whose sum is f(x) - f(x0) per image."""
+        values, targets, logits, _ = self.decompose(model, images, targets)
+        return PixelAttribution(values, targets, logits)
+
+    def _explain(self, model, layer, images, targets) -> Attribution:
+        values, targets, logits, reference_scores = self.decompose(model, images, targets)
+        gap = values.sum(dim=(1, 2, 3)) - (logits.gather(1, targets[:, None])[:, 0] - reference_scores)
+        return Attribution(self.reduce(values).float(), targets, logits.argmax(1),
+                           extras={"completeness_gap": gap.float()})
+
+
+SHAP_BASELINES = ("uniform", "zero", "black")
+
+
+class ShapDraws(NamedTuple):
+    """GradientSHAP's random draws, shared by every image."""
+
+    baselines: torch.Tensor  # [S,3,H,W] in input space
+    alphas: torch.Tensor  # [S], the point of each sample on its path
+    noise: torch.Tensor  # [S,3,H,W], added to the image (already scaled by `stdev`)
+
+
+@register
+class GradientSHAP(GradientMethod):
+    """GradientSHAP (Lundberg and Lee 2017, captum's GradientShap): the mean over samples of (x + e - b) times
+    the gradient at b + a (x + e - b), with b drawn from a baseline distribution, a ~ U(0,1), e ~ N(0, stdev^2)."""
+
+    name = "gradient_shap"
+
+    @dataclass(frozen=True)
+    class Params:
+        baseline: str = param("uniform", "distribution of the baselines b: uniform random pixels, or always zeros in "
+                              "input space, or always black pixels", choices=SHAP_BASELINES)
+        samples: int = param(16, "samples (baseline, point on the path, noise) per image", minimum=1)
+        stdev: float = param(0.0, "std of the Gaussian noise added to the image in each sample, in the model's "
+                             "input space (captum's stdevs)", minimum=0)
+        seed: int = param(0, "seed of the draws")
+        batch_size: int = param(64, "samples per backward pass (samples times images)", minimum=1)
+        # The signed sum keeps completeness in expectation: the map's total estimates f(x) - E[f(b)].
+        channel_reduction: str = param("signed_sum", REDUCTION_HELP, choices=CHANNEL_REDUCTIONS)
+
+    def draws(self, model: nn.Module, images: torch.Tensor) -> ShapDraws:
+        """The `samples` draws from `seed`, shared by every image of any batch, so an image's map does not depend on
+        its batch. They are drawn on the CPU, so every device gets the same ones."""
+        samples, shape = self.params["samples"], (self.params["samples"], *images.shape[1:])
+        generator = torch.Generator().manual_seed(self.params["seed"])
+        alphas = torch.rand(samples, generator=generator)
+        pixels = torch.rand(shape, generator=generator)
+        noise = torch.randn(shape, generator=generator) * self.params["stdev"]
+        if self.params["baseline"] == "zero":
+            baselines = torch.zeros(shape)
+        else:
+            baselines = preprocessing_of(model).normalize(pixels if self.params["baseline"] == "uniform"
+                                                          else torch.zeros(shape))
+        return ShapDraws(*(t.to(images.device, images.dtype) for t in (baselines, alphas, noise)))
+
+    def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
+        """Signed attribution [N,3,H,W] whose sum estimates f(x) - E[f(b)] (with stdev 0)."""
+        logits = unperturbed_logits(model, images)
+        targets = choose_targets(logits, targets)
+        baselines, alphas, noise = self.draws(model, images)
+        n = images.shape[0]
+        per_pass = max(1, self.params["batch_size"] // max(n, 1))
+        total = torch.zeros_like(images)
+        for start in range(0, len(alphas), per_pass):
+            chunk = slice(start, start + per_pass)
+            delta = images[:, None] + noise[None, chunk] - baselines[None, chunk]  # [N,s,3,H,W]
+            points = baselines[None, chunk] + alphas[None, chunk, None, None, None] * delta
+            s = delta.shape[1]
+            grad = input_gradient(model, points.flatten(0, 1), targets.repeat_interleave(s)).grad
+            total += (delta * grad.view_as(delta)).sum(1)
+        return PixelAttribution(total / len(alphas), targets, logits)
+
+
+FULLGRAD_NORMALIZATIONS = ("channel", "layer")
+
+
+class BiasLayer(NamedTuple):
+    """A layer whose output carries a bias per channel."""
+
+    name: str
+    module: nn.Module
+    bias: torch.Tensor  # [C]
+
+
+def bias_layers(model: nn.Module) -> list[BiasLayer]:
+    """Every nn.Conv2d with a bias and every nn.BatchNorm2d, with its bias: in eval mode a batch norm is
+    y = g (x - m) / s + b, whose bias is b - g m / s (also without affine parameters, g = 1 and b = 0)."""
+    layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.bias is not None:
+            layers.append(BiasLayer(name, module, module.bias.detach()))
+        elif isinstance(module, nn.BatchNorm2d):
+            if module.running_mean is None or module.running_var is None:
+                raise LayerError(f"method 'fullgrad': batch norm {name!r} keeps no running statistics, so in eval "
+                                 "mode it normalises with each batch's own and has no fixed bias; use a model whose "
+                                 "batch norms track running statistics, or another gradient method")
+            scale = torch.rsqrt(module.running_var + module.eps)
+            if module.weight is not None:
+                scale = scale * module.weight.detach()
+            shift = module.bias.detach() if module.bias is not None else torch.zeros_like(scale)
+            layers.append(BiasLayer(name, module, shift - module.running_mean * scale))
+    return layers
+
+
+@register
+class FullGrad(GradientMethod):
+    """FullGrad (Srinivas and Fleuret 2019): psi(|x * d y / d x|) plus, for every conv and batch-norm layer, the
+    sum over its channels of psi(|b_c * d y / d z_c|), psi min-max rescaling and upsampling to the input."""
+
+    name = "fullgrad"
+
+    @dataclass(frozen=True)
+    class Params:
+        normalize: str = param("channel", "what psi rescales to [0,1] on its own: every channel map (the paper's "
+                               "equation and pytorch-grad-cam) or each layer's (and the input term's) maps together "
+                               "(the authors' code)", choices=FULLGRAD_NORMALIZATIONS)
+
+    def runs_on_torchscript(self) -> bool:
+        """No: it reads every bias layer of the Python model."""
+        return False
+
+    def reduction(self) -> str:
+        """The channel sum: the map is the sum of the rescaled terms."""
+        return "signed_sum"
+
+    def maps_are_signed(self) -> bool:
+        """Never: every term is rescaled to [0,1]."""
+        return False
+
+    def rescaled(self, terms: torch.Tensor) -> torch.Tensor:
+        """psi's rescaling of |terms| [N,C,h,w] to [0,1]: per channel or per image (`normalize`)."""
+        n, c, h, w = terms.shape
+        per = (n * c, h, w) if self.params["normalize"] == "channel" else (n, c * h, w)
+        return normalize_maps(terms.abs().reshape(per)).view(n, c, h, w)
+
+    def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
+        """The input term [N,3,H,W] plus the bias terms' map spread evenly over the channels (so the channel sum
+        is the FullGrad map)."""
+        layers = bias_layers(model)
+        outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        grads: dict[int, torch.Tensor] = {}
+
+        def keep_output(bias: torch.Tensor) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+                index = len(outputs)
+                outputs.append((output, bias))
+                # A tensor hook receives the gradient of the value it was registered on, even where an in-place
+                # op (densenet's F.relu(inplace=True) after its last norm) changes the tensor afterwards.
+                output.register_hook(lambda grad: grads.__setitem__(index, grad))
+            return hook
+
+        handles = [module.register_forward_hook(keep_output(bias)) for _, module, bias in layers]
+        try:
+            grad, logits, targets = input_gradient(model, images, targets)
+        finally:
+            for handle in handles:
+                handle.remove()
+        size = (images.shape[-2], images.shape[-1])
+        bias_map = torch.zeros(images.shape[0], *size, device=images.device, dtype=torch.float32)
+        for index, (_, bias) in enumerate(outputs):
+            if index in grads:  # a layer the score does not depend on has no gradient and no term
+                # Rescaling per channel then summing is linear in the upsampling, so one upsampling per layer.
+                channel_sum = self.rescaled(grads[index] * bias.to(grads[index].dtype)[None, :, None, None]).sum(1)
+                bias_map += upsample_maps(channel_sum, size)
+        values = self.rescaled(grad * images) + (bias_map / images.shape[1])[:, None].to(images.dtype)
+        return PixelAttribution(values, targets, logits)

@@ -15,6 +15,11 @@ the cut, such as a residual branch), so each iteration runs only that tail. A ta
 affine ops (pooling, flatten, linear: the last layer of ResNet, GoogLeNet and the demo net) is
 replaced by its exact per-position logit columns. Where tracing fails, a forward hook multiplies
 the layer output by the filter and the whole net runs every iteration.
+
+`explain_classes` explains several classes of each image in one call (the original scripts loop over an image's
+top classes, rerunning everything): the net before the layer still runs once per image, and the tail is fed each
+image's cached values once per class, so the (image, class) filters are optimised together. `record_every` keeps
+the normalised filter every few steps (the original's convergence GIF; `vislib.figures.convergence_gif`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from vislib.errors import ConfigError, LayerError
+from vislib.errors import ConfigError, LayerError, VislibError
 from vislib.methods.base import (
     Attribution,
     AttributionMethod,
@@ -387,7 +392,9 @@ class _L2CAF(AttributionMethod):
     paper) or clamp (f >= 0, drops cells that argue against the target); stopping every
     `check_every` steps when a row's pre-update loss moved less than `stop_threshold` since its
     last check (0 disables); `seed` with each image's content (and target, for the specific
-    variant) seeds its start.
+    variant) seeds its start; `record_every` k > 0 keeps the reported map (`|f|` renormalised, as `maps`) at steps
+    0, k, 2k, ... and after the last step in extras['convergence'] [N,F,h,w], F = (max_iters - 1) // k + 2; an
+    image that stopped early repeats its final map, so F and every image's frames do not depend on its batch.
     """
 
     specific: ClassVar[bool] = False
@@ -405,6 +412,8 @@ class _L2CAF(AttributionMethod):
         stop_threshold: float = param(1e-4, "stop a row whose loss moved less than this (0: never)", minimum=0)
         check_every: int = param(50, "steps between convergence checks", minimum=1)
         seed: int = param(0, "seed of the start (with each image's content and target)")
+        record_every: int = param(0, "keep the normalised filter every this many steps, and the final one, in "
+                                     "extras['convergence'] (0: off)", minimum=0)
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -418,37 +427,79 @@ class _L2CAF(AttributionMethod):
             )
 
     def _explain(self, model, layer, images, targets) -> Attribution:
+        return self._solve(model, layer, images, targets, 1)
+
+    def explain_classes(self, model: nn.Module, layer: str | None, images: torch.Tensor,
+                        targets: torch.Tensor) -> Attribution:
+        """Explain T classes of every image in one call: `targets` [N,T] -> maps [N,T,h,w].
+
+        The net before the layer runs once per image; each (image, class) row has its own filter, start,
+        optimiser state and stopping rule, so `maps[:, t]` is `explain(images, targets[:, t]).maps` (up to the
+        float rounding of a larger batch). The class-oblivious objective ignores the class, so it optimises one
+        filter per image and gives it to each of the image's classes. `targets` of the result is [N,T],
+        `predicted` [N], and every extra gains the class axis after the image axis.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise VislibError(f"images must be a [N,3,H,W] batch, got shape {tuple(images.shape)}")
+        targets = torch.as_tensor(targets, dtype=torch.long, device=images.device)
+        n = images.shape[0]
+        if targets.ndim != 2 or targets.shape[0] != n or targets.shape[1] == 0:
+            raise VislibError(f"explain_classes needs targets of shape [N,T] = [{n},T] with T >= 1 classes per "
+                              f"image, got shape {tuple(targets.shape)}; use explain for one class per image")
+        classes = targets.shape[1]
+        flat = self._solve(model, layer, images, targets.reshape(-1), classes)
+        extras = {key: value.reshape(n, classes, *value.shape[1:]) for key, value in flat.extras.items()}
+        return Attribution(flat.maps.reshape(n, classes, *flat.maps.shape[1:]), targets, flat.predicted, extras)
+
+    def _solve(self, model: nn.Module, layer: str | None, images: torch.Tensor, targets: torch.Tensor | None,
+               classes: int) -> Attribution:
+        """Maps of `classes` consecutive target rows per image (`targets` [N*classes]; None: the predicted class)."""
         layer = layer_or_default(model, layer, self.name)
+        n = len(images)
+        # One row per (image, class) to optimise; the oblivious objective needs one per image.
+        per_image = classes if self.specific else 1
+        image_rows = torch.arange(n, device=images.device).repeat_interleave(per_image)
         with frozen_model(model):
             tail, activation, logits = _prepare(model, layer, images, self.name)
             targets = choose_targets(logits, targets)
             with torch.enable_grad(), tail.attached():
+                if per_image > 1:
+                    tail.select(image_rows)
                 h, w = activation.shape[-2:]
                 if self.specific:
-                    goal = torch.ones_like(logits).scatter_(1, targets[:, None], -1.0)
+                    goal = torch.ones(len(targets), logits.shape[1], device=logits.device).scatter_(
+                        1, targets[:, None], -1.0)
                 else:
                     goal = logits
                 grid = self._grid(h, w, images.device)
-                params, iterations = self._optimize(tail, goal, self._init(images, targets, (h, w)), grid)
+                init = self._init(images, image_rows, targets if self.specific else None, (h, w))
+                params, iterations, frames = self._optimize(tail, goal, init, grid, image_rows)
                 masks = self._masks(params, grid)
-        extras = {"filter": masks, "iterations": iterations,
-                  "fast_path": torch.full((len(images),), tail.path != "hook", device=images.device)}
-        return Attribution(self._heatmaps(masks).float(), targets, logits.argmax(1), extras)
+        # Each optimised row serves `classes // per_image` consecutive target rows.
+        spread = torch.arange(len(image_rows), device=images.device).repeat_interleave(classes // per_image)
+        extras = {"filter": masks[spread], "iterations": iterations[spread],
+                  "fast_path": torch.full((len(targets),), tail.path != "hook", device=images.device)}
+        if frames is not None:
+            extras["convergence"] = frames[spread]
+        return Attribution(self._heatmaps(masks).float()[spread], targets, logits.argmax(1), extras)
 
-    def _init(self, images: torch.Tensor, targets: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Initial free variables per row, seeded by content so batch composition does not matter."""
+    def _init(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor | None,
+              hw: tuple[int, int]) -> torch.Tensor:
+        """Initial free variables of each row (image `image_rows[r]`, class `targets[r]`; None: classless),
+        seeded by content and class so batch composition does not matter."""
         shape = (2,) if self.params["finalizer"] == "gauss" else hw
-        n = len(images)
+        rows = len(image_rows)
         if self.params["init"] == "ones":
             # For the Gaussian the free variable is its centre; the original starts it at 0.
             fill = 0.0 if self.params["finalizer"] == "gauss" else 1.0
-            return torch.full((n, *shape), fill, device=images.device)
+            return torch.full((rows, *shape), fill, device=images.device)
         pixels = images.detach().float().cpu().numpy()
-        # The oblivious objective ignores the target, so its start must too.
-        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(
-            _row_seed(self.params["seed"], pixels[i].tobytes(), int(targets[i]) if self.specific else None)))
-            for i in range(n)]
-        return torch.stack(rows).to(images.device)
+        contents = [pixels[i].tobytes() for i in range(len(images))]
+        classes = [None] * rows if targets is None else targets.tolist()
+        starts = [torch.randn(shape, generator=torch.Generator().manual_seed(
+            _row_seed(self.params["seed"], contents[image], target)))
+            for image, target in zip(image_rows.tolist(), classes, strict=True)]
+        return torch.stack(starts).to(images.device)
 
     def _grid(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column coordinates of the Gaussian mask: the layer spans -(g-1)/2..(g-1)/2."""
@@ -483,14 +534,18 @@ class _L2CAF(AttributionMethod):
             return (logits * goal).sum(1)
         return (logits - goal).pow(2).mean(1)
 
-    def _optimize(self, tail: _Tail, goal: torch.Tensor, init: torch.Tensor,
-                  grid: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Optimise every row's free variables; return them [N,...] and the steps each row took [N]."""
+    def _optimize(self, tail: _Tail, goal: torch.Tensor, init: torch.Tensor, grid: tuple[torch.Tensor, torch.Tensor],
+                  image_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Optimise every row's free variables (row r filters image `image_rows[r]`); return them [R,...], the
+        steps each row took [R] and, with `record_every`, each row's convergence frames [R,F,h,w]."""
         p = self.params
         max_iters, check_every, threshold = p["max_iters"], p["check_every"], p["stop_threshold"]
         n = len(init)
         final = init.clone()
         iterations = torch.full((n,), max_iters, dtype=torch.long, device=init.device)
+        record = p["record_every"]
+        frames: torch.Tensor | None = None
+        recorded = torch.zeros(n, dtype=torch.long, device=init.device)
         # State of the rows still optimised; finished rows are dropped, so momentum cannot move them.
         rows = torch.arange(n, device=init.device)
         params, first, second = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
@@ -501,6 +556,12 @@ class _L2CAF(AttributionMethod):
             masks = self._masks(leaf, grid)
             if self.on_step is not None:
                 self.on_step(it, masks.detach(), rows)
+            if record and it % record == 0:
+                heat = self._heatmaps(masks.detach())
+                if frames is None:
+                    frames = heat.new_zeros(n, (max_iters - 1) // record + 2, *heat.shape[1:])
+                frames[rows, it // record] = heat
+                recorded[rows] += 1
             losses = self._losses(tail(masks[:, None]), goal)
             # Rows are independent, so the gradient of the sum is each row's own gradient.
             (grad,) = torch.autograd.grad(losses.sum(), leaf)
@@ -517,10 +578,15 @@ class _L2CAF(AttributionMethod):
                         t[keep] for t in (rows, params, grad, first, second, steps, previous, goal))
                     if rows.numel() == 0:
                         break
-                    tail.select(rows)
+                    tail.select(image_rows[rows])
             params, first, second, steps = self._step(params, grad, first, second, steps)
         final[rows] = params
-        return final, iterations
+        if frames is not None:
+            # The frames after a row's last snapshot show its final map: the last step's, or the one it stopped at.
+            after = torch.arange(frames.shape[1], device=frames.device)[None, :] >= recorded[:, None]
+            final_heat = self._heatmaps(self._masks(final, grid))
+            frames = torch.where(after[:, :, None, None], final_heat[:, None], frames)
+        return final, iterations, frames
 
     def _step(self, params: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
               steps: torch.Tensor) -> tuple[torch.Tensor, ...]:
