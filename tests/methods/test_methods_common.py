@@ -25,7 +25,7 @@ QUICK = {"scorecam": {"top_channels": 8}, "integrated_gradients": {"steps": 4}, 
 QUICK |= {"occlusion": {"window": 30, "stride": 30}, "rise": {"masks": 8},
           "lime": {"samples": 8, "segments": "grid", "superpixels": 9},
           "kernel_shap": {"samples": 8, "segments": "grid", "superpixels": 9}}
-QUICK |= {"smoothgradcampp": {"samples": 2}}
+QUICK |= {"smoothgradcampp": {"samples": 1}}
 QUICK |= {"gradient_shap": {"samples": 2}}
 QUICK |= {"ablationcam": {"top_channels": 4}, "sscam": {"top_channels": 2, "samples": 2},
           "iscam": {"top_channels": 2, "steps": 2}}

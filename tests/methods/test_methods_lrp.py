@@ -118,10 +118,39 @@ def _two_layer_net() -> nn.Sequential:
     ({"rule": "alpha_beta", "alpha": 2.0}, [4 / 3 - 0.8, -1.0 - 0.2, 2 / 3 + 0.5]),
 ])
 def test_known_answers_of_the_epsilon_and_alpha_beta_rules(params, expected):
-    images = torch.tensor([2.0, 1.0, 2.0]).view(1, 3, 1, 1)
+    _check_two_layer_answer([2.0, 1.0, 2.0], params, expected)
+
+
+def test_alpha_beta_splits_products_by_sign_when_inputs_are_negative():
+    # x = (3, -1, -1): hidden products (3, 1, -0.5), z+ 4, z- -0.5, and (6, -1, 1), z+ 7, z- -1; hidden (3.5, 6),
+    # y = 3.5 - 3 = 0.5, R_hidden = (1, -0.5). The relevance is conserved: it sums to y.
+    expected = [1.5 - 6 / 7, 0.5 + 0.5, -1.0 - 1 / 7]
+    _check_two_layer_answer([3.0, -1.0, -1.0], {"rule": "alpha_beta", "alpha": 2.0}, expected)
+    assert sum(expected) == pytest.approx(0.5)
+
+
+def _check_two_layer_answer(pixels: list[float], params: dict, expected: list[float]) -> None:
+    images = torch.tensor(pixels).view(1, 3, 1, 1)
     relevance = methods.get("lrp", first_layer="same", **params).attribute(_two_layer_net(), images,
                                                                            torch.tensor([0]))
     torch.testing.assert_close(relevance.flatten(), torch.tensor(expected))
+
+
+def test_grouped_convolutions_on_signed_inputs_equal_their_dense_block_diagonal_form():
+    torch.manual_seed(0)
+    grouped = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(6, 4))
+    dense = copy.deepcopy(grouped)
+    dense[0] = nn.Conv2d(3, 6, 3)
+    with torch.no_grad():
+        dense[0].weight.zero_()
+        for channel in range(6):  # output channel c reads input channel c // 2 in the grouped layer
+            dense[0].weight[channel, channel // 2] = grouped[0].weight[channel, 0]
+        dense[0].bias.copy_(grouped[0].bias)
+    images, targets = torch.randn(2, 3, 8, 8), torch.tensor([1, 3])
+    explainer = methods.get("lrp", rule="alpha_beta", alpha=2.0, first_layer="same")
+    torch.testing.assert_close(explainer.attribute(grouped.eval(), images, targets),
+                               explainer.attribute(dense.eval(), images, targets))
 
 
 def test_known_answer_of_the_zb_rule_on_the_first_layer():

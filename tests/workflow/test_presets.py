@@ -39,8 +39,9 @@ def documented_preset_commands() -> list[str]:
 
 
 def test_the_documented_preset_commands_run_only_what_the_preset_names(tmp_path: Path) -> None:
-    """Run each documented command, as printed, for every preset (dry run) in a copy of the workflow: a preset
-    replaces the embedded default config instead of being merged into it."""
+    """Run each documented command, as printed (dry run) in a copy of the workflow: the experiment command for
+    every preset, the weights command for l2caf_imagenet; a preset replaces the embedded default config instead of
+    being merged into it."""
     for part in ("Snakefile", "rules", "workflow_scripts", "config", "report", "profiles", "envs"):
         source = REPO / part
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / part)
@@ -55,7 +56,10 @@ def test_the_documented_preset_commands_run_only_what_the_preset_names(tmp_path:
         assert proc.returncode == 0, f"{command} ({preset.stem}) failed:\n{proc.stderr[-3000:]}"
         return command, preset, proc.stdout + proc.stderr
 
-    jobs = [(command, preset) for command in commands for preset in PRESETS]
+    # The experiment command for every preset (each builds its own DAG); the weights command, the same config
+    # check and a one-rule DAG, for the preset whose weight files the assertions below name.
+    jobs = [(command, preset) for command in commands for preset in PRESETS
+            if command.startswith("snakemake --configfile") or preset.stem == "l2caf_imagenet"]
     outputs: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
         for command, preset, out in pool.map(dry_run, jobs):

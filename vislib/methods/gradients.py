@@ -746,13 +746,12 @@ class DeepLIFT(GradientMethod):
         n = images.shape[0]
         with frozen_model(model), rescale_rules(model, n, n + len(references)), torch.enable_grad():
             x = fast_layout(images.detach()).requires_grad_(True)
-            logits = model(torch.cat([x, fast_layout(references.contiguous())]))
+            logits = model(torch.cat([x, fast_layout(references)]))
             targets = choose_targets(logits[:n], targets)
             # Images are independent in eval mode, so the gradient of the summed scores is per-image.
             (multipliers,) = torch.autograd.grad(logits[:n].gather(1, targets[:, None]).sum(), x)
         logits = logits.detach()
-        reference_scores = logits[n:].expand(n, -1).gather(1, targets[:, None])[:, 0] if len(references) == 1 \
-            else logits[n:].gather(1, targets[:, None])[:, 0]
+        reference_scores = logits[n:].expand(n, -1).gather(1, targets[:, None])[:, 0]  # a shared row: n copies
         return Decomposition((images - references) * multipliers, targets, logits[:n], reference_scores)
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
