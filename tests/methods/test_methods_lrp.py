@@ -4,6 +4,7 @@ modules without a rule named by the explain call and the config check."""
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from vislib import methods, models
 from vislib.config import check_config
 from vislib.errors import ConfigError, LayerError
 from vislib.featvis.fold import fold_batch_norms
+from vislib.methods import lrp
 from vislib.methods.base import fast_layout
 from vislib.methods.lrp import first_layer_bounds
 from vislib.preprocessing import Preprocessing
@@ -198,6 +200,15 @@ def test_relevance_is_conserved_through_residual_sums_and_concatenations(arch):
             scores = net(images).gather(1, result.targets[:, None])[:, 0]
         assert result.extras["conservation_gap"].abs().max() <= 1e-4 * scores.abs().max(), params
         assert torch.allclose(result.maps.sum(dim=(1, 2)), scores, rtol=1e-4)
+
+
+def test_nothing_of_a_call_outlives_it():
+    net = models.load("demonet", "random")
+    for params in ({}, {"rule": "alpha_beta", "alpha": 2.0}):
+        methods.get("lrp", **params).explain(net, None, torch.randn(2, 3, 32, 32))
+    # The rules' autograd nodes and the hooks' records must not hold each other in a cycle through the graph.
+    gc.collect()
+    assert not [obj for obj in gc.get_objects() if isinstance(obj, lrp._Propagation)]
 
 
 @pytest.mark.parametrize("rule", ["epsilon", "alpha_beta"])

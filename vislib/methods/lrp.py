@@ -497,6 +497,9 @@ class LRP(GradientMethod):
             finally:
                 for handle in handles:
                     handle.remove()
+                # The units hold their inputs, whose autograd nodes hold the units' rules, which hold this object:
+                # a cycle through the autograd graph, which Python's cycle collector cannot see.
+                propagation.units.clear()
         relevance = inputs.detach() * grad if grad is not None else torch.zeros_like(inputs)
         if propagation.input_relevance is not None:
             # The layers before the first one are elementwise or reshapes (checked): relevance passes them as is.
