@@ -145,6 +145,11 @@ def method_rows(net, x, targets, args) -> list[Row]:
          {CAPTUM: lambda: ca.GuidedGradCam(net, layer).attribute(x, target=targets)}, repeats, ""),
         ("gradient_x_input", ours("gradient_x_input"),
          {CAPTUM: lambda: ca.InputXGradient(net).attribute(x, target=targets)}, repeats, ""),
+        # captum's LRP runs on resnet18 but not correctly (its relevance summed to -9e9 for a logit of 0.64 with
+        # random weights: the residual `+=` and the reused ReLUs defeat its hooks): no peer; vgg16, alexnet: methods.md.
+        ("lrp", ours("lrp"), {}, repeats, "epsilon 0.01, zB first layer, batch norms folded; captum's LRP is wrong "
+                                          "on resnets (skip connections)"),
+        ("lrp alpha_beta", ours("lrp", rule="alpha_beta"), {}, repeats, "alpha 1, beta 0, zB first layer"),
         ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=64),
          {CAPTUM: lambda: ca.IntegratedGradients(net).attribute(x, target=targets, n_steps=steps,
                                                                method="riemann_middle", internal_batch_size=64)},

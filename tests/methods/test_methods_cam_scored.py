@@ -171,7 +171,8 @@ def test_iscam_linear_scales_average_the_probability_along_the_path(random_nets)
     net = random_nets["demonet"]
     x = torch.randn(1, 3, 32, 32)
     steps, target = 3, 2
-    ours = methods.get("iscam", steps=steps, scales="linear").explain(net, "features.6", x, torch.tensor([target]))
+    ours = methods.get("iscam", steps=steps, scales="linear", softmax="classes").explain(
+        net, "features.6", x, torch.tensor([target]))
     with torch.no_grad(), frozen_model(net), capture_layer(net, "features.6") as capture:
         net(x)
         activation = capture.activation[0].clone()

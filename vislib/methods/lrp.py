@@ -4,8 +4,8 @@ Every tensor between layers carries its relevance divided by its value, `c = R /
 relevance is `x * c`: gradient times input, with each layer's backward pass changed to its rule. In that form most
 of the network needs no rule of its own: a sum (residual additions) splits relevance in proportion to its summands
 (`R_a = a / (a + b) R`, the LRP-0 rule) and a concatenation hands each part its own, both by their plain gradient;
-max pooling routes all relevance to the winner; ReLU passes it unchanged. The layers with weights, pooling and batch
-norm get their rule in one of two ways:
+ReLU passes it unchanged. Layers with weights, batch norms and pooling (max pooling as the map that picks the winner)
+get their rule in one of two ways:
 
 - epsilon rule: a hook on the layer's output multiplies its gradient by `z / (z + eps sign z)`, and the layer's own
   (native) backward pass does the rest: `c_j = sum_k w_jk R_k / (z_k + eps sign z_k)`.
@@ -78,21 +78,21 @@ def modules_without_rule(model: nn.Module) -> list[str]:
     return found
 
 
+_PLAIN_CONVOLUTIONS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
 def linear_map(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None) -> torch.Tensor:
     """The map of a convolution or linear layer `module` with other weights, as its forward pass computes it."""
     forward = type(module).forward
     if forward is nn.Linear.forward:
         return F.linear(inputs, weight, bias)
-    if forward in (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward):
+    if forward in _PLAIN_CONVOLUTIONS:
         return cast(nn.Conv2d, module)._conv_forward(inputs, weight, bias)
     # A subclass with a forward of its own (e.g. TensorFlow-style "same" padding before F.conv2d): run it with the
     # weights swapped. Its hooks fire; `_Propagation.inside_rule` makes vislib's own ignore the call.
     swapped: dict[str, Any] = {"weight": weight, "bias": bias}  # a bias of None turns the module's off
     return torch.func.functional_call(module, swapped, (inputs,))
-
-
-_PLAIN_CONVOLUTIONS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
 def transposed_map(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor,
@@ -187,7 +187,7 @@ class _Unit:
     bias: torch.Tensor | None
     first: bool  # the network's first such map: the zB rule's (`first_layer: zb`)
     # What the hook handed on (a batch norm reading it folds this unit), held weakly: that tensor's autograd node
-    # holds this unit, and a cycle would keep every activation alive until Python's cycle collector runs.
+    # holds this unit, and the cycle, through the graph, is one Python's cycle collector cannot see.
     output: weakref.ref[torch.Tensor] | None = None
     value: torch.Tensor | None = None  # the map's output, kept apart from what later in-place ops change
     scale: torch.Tensor | None = None  # the epsilon rule's factor on the output gradient
@@ -450,8 +450,9 @@ class LRP(GradientMethod):
     class Params:
         rule: str = param("epsilon", "rule of the convolution and linear layers: epsilon (LRP-eps) or alpha_beta "
                           "(LRP-alpha-beta, beta = alpha - 1)", choices=RULES)
-        epsilon: float = param(0.01, "the epsilon rule's stabiliser, added with z's sign to every denominator z (also "
-                               "on pooling and on batch norms not folded, under either rule)", exclusive_minimum=0)
+        epsilon: float = param(0.01, "the epsilon rule's stabiliser, added with z's sign to its denominators z; "
+                               "under either rule also on pooling and on batch norms not folded",
+                               exclusive_minimum=0)
         alpha: float = param(1.0, "alpha_beta's alpha (weight of positive contributions); beta = alpha - 1",
                              minimum=1)
         first_layer: str = param("zb", "rule of the first convolution or linear layer: zb (bounded by the pixel "
@@ -476,8 +477,9 @@ class LRP(GradientMethod):
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise LayerError(
                 f"LRP has no propagation rule for {shown}; it handles convolutions, linear layers, batch "
-                "norms, pooling, elementwise activations, dropout, padding and reshapes (sums and concatenations "
-                "in forward code too). Use a gradient method (gradient_x_input, integrated_gradients) on this model")
+                "norms, pooling, the activations ReLU, ReLU6/Hardtanh, LeakyReLU, ELU, SiLU, GELU, Tanh and "
+                "Hardswish, dropout, padding and reshapes (and sums and concatenations in forward code). Use a "
+                "gradient method (gradient_x_input, integrated_gradients) on this model")
 
     def relevance(self, model: nn.Module, images: torch.Tensor,
                   targets: torch.Tensor | None) -> tuple[PixelAttribution, torch.Tensor]:
