@@ -264,7 +264,9 @@ def vit_section(forward: float, rows, args) -> list[str]:
 
 
 TABLE_HEADER = [
-    "| method | vislib img/s | " + " | ".join(f"{peer} img/s" for peer in PEERS) + " | vislib / fastest peer | settings |",
+    "| method | vislib img/s | "
+    + " | ".join(f"{peer} img/s" for peer in PEERS)
+    + " | vislib / fastest peer | settings |",
     "|---|---:|" + "---:|" * len(PEERS) + "---:|---|",
 ]
 
