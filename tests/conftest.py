@@ -156,6 +156,17 @@ def trained_demonet(tmp_path_factory) -> TrainedDemoNet:
     return TrainedDemoNet(root / "demonet.pt", root, json.loads((root / "val_accuracy.json").read_text()))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module single-threaded (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`), restoring the
+    setting afterwards: on tiny tensors intra-op threads only add synchronisation, and on a busy 2-core machine their
+    spin-waiting made such modules up to ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

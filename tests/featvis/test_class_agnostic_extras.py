@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vislib import featvis, models
+from vislib import featvis
 from vislib.featvis.base import FeatVisResult
 from vislib.featvis.class_agnostic import THUMBNAIL_SIDE, to_bytes
 from vislib.figures import cluster_scatter, featvis_grid
@@ -17,26 +17,7 @@ SHORT = {"num_clusters": 2, "top_channels": 4, "images_per_cluster": 3, "image_s
          "octaves": [{"iterations": 8, "window_step": 5, "brightness_step": 6}]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return models.load("demonet")
-
-
-@pytest.fixture(scope="module")
-def photos():
-    generator = torch.Generator().manual_seed(1)
-    reds = torch.rand(6, 3, 32, 32, generator=generator) * torch.tensor([1.0, 0.2, 0.2])[:, None, None]
-    blues = torch.rand(6, 3, 32, 32, generator=generator) * torch.tensor([0.2, 0.2, 1.0])[:, None, None]
-    return torch.cat([reds, blues])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _shard(result: FeatVisResult) -> FeatVisShard:

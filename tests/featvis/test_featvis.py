@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vislib import featvis, models
+from vislib import featvis
 from vislib.errors import ConfigError, DataError, LayerError, UnknownNameError
 from vislib.featvis.class_agnostic import gaussian_centre_mask
 from vislib.featvis.engine import (
@@ -19,28 +19,7 @@ FAST = {"size": 32, "iterations": 48, "octaves": 1, "lr": 0.1, "lr_end": 0.05, "
 TINY_OCTAVE = {"iterations": 12, "window_step": 5, "brightness_step": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tensors here are tiny: a second thread costs more than it saves, far more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return models.load("demonet")
-
-
-@pytest.fixture(scope="module")
-def photos():
-    generator = torch.Generator().manual_seed(1)
-    # Two colour families, so that two clusters are unambiguous.
-    reds = torch.rand(6, 3, 32, 32, generator=generator) * torch.tensor([1.0, 0.2, 0.2])[:, None, None]
-    blues = torch.rand(6, 3, 32, 32, generator=generator) * torch.tensor([0.2, 0.2, 1.0])[:, None, None]
-    return torch.cat([reds, blues])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_lists_every_method():

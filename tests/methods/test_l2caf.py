@@ -30,23 +30,7 @@ class OnePosition(nn.Module):
         return self.fc(self.features(x)[:, :, self.row, self.col])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Run this module single-threaded, restoring the setting afterwards.
-
-    The tensors here are tiny, so intra-op threads only add synchronisation, and on a busy 2-core
-    machine their spin-waiting made this module ten times slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demonet() -> nn.Module:
-    torch.manual_seed(0)
-    return models.load("demonet", "random")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int, size: int) -> torch.Tensor:

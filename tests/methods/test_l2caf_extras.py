@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vislib import methods, models
+from vislib import methods
 from vislib.cli import main
 from vislib.data.synthetic import ShapesConfig, generate_shapes
 from vislib.errors import VislibError
@@ -21,19 +21,7 @@ LAYER = "features.14"
 CLASSES = torch.tensor([[0, 3, 5], [1, 1, 4], [2, 0, 3]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (see test_l2caf.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demonet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return models.load("demonet", "random")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int, size: int = 64) -> torch.Tensor:

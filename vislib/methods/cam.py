@@ -301,15 +301,11 @@ class EigenCAM(_FirstComponentCAM):
 
 
 @register
-class EigenGradCAM(_FirstComponentCAM, _GradientWeightedCAM):
-    """EigenGrad-CAM (pytorch-grad-cam's EigenGradCAM): the first principal component of dy/dA * A."""
+class EigenGradCAM(_FirstComponentCAM, HiResCAM):
+    """EigenGrad-CAM (pytorch-grad-cam's EigenGradCAM): the first principal component of dy/dA * A, HiResCAM's
+    terms before their sum."""
 
     name = "eigengradcam"
-
-    @staticmethod
-    def combine(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient times the activation, per position (HiResCAM's terms before their sum)."""
-        return grad * activation
 
 
 SMOOTH_GRADCAMPP_EPS = 1e-8
