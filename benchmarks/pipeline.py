@@ -1,5 +1,5 @@
-"""Input pipeline speed: decoding an image (PIL and a float resize, as vislib read images before, against
-torchvision's decoder and a uint8 resize), and explain and evaluate jobs' wall time against the larger of their
+"""Input pipeline speed: decoding an image (PIL and a float resize, as vislib read images before, against PIL
+and a uint8 resize), and explain and evaluate jobs' wall time against the larger of their
 decode time and their compute time, reading each batch when asked or reading the next one ahead.
 
 Run: python benchmarks/pipeline.py [--images 320] [--batch-size 32] [--repeats 8] [--threads 1 2]
@@ -50,7 +50,7 @@ EVALUATE_METRICS = {"pointing_game": {}, "energy_pointing_game": {}, "maxboxacc"
 
 
 def previous_read_image(path) -> np.ndarray:
-    """vislib's decoding before torchvision's decoders: PIL."""
+    """vislib's decoding before: PIL, as now."""
     with Image.open(path) as img:
         return np.array(img.convert("RGB"))
 
@@ -245,8 +245,8 @@ def main() -> None:
         "## Decoding one image (one thread)",
         "",
         "Before: PIL's decode and RGB conversion, then the float conversion and a float bilinear antialiased resize. "
-        "Now (`read_image` + `to_input`): torchvision's decoder, the same resize on the uint8 image "
-        "(torchvision's `resize`), then the float conversion. Model input 224 px; "
+        "Now (`read_image` + `to_input`): PIL's decode, the same resize on the uint8 image "
+        "(torch's uint8 kernel, as torchvision's `resize`), then the float conversion. Model input 224 px; "
         f"{args.decode_images} images a round, best of {args.repeats + 1} rounds.",
         "",
         "| resize | before ms/image | now ms/image | speed-up |",

@@ -19,6 +19,10 @@ from tests.workflow_helpers import REPO, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 
+# The plugin checks the queue this many seconds after a submission, then 10 s later than the last time while
+# nothing has finished: with the profile's 10 s, each layer of these few-second jobs waited ~30 s for its check.
+FAST_STATUS_CHECKS = ("--slurm-init-seconds-before-status-checks", "1")
+
 
 def _cluster_problem() -> str | None:
     """Why the SLURM test cannot run here, or None."""
@@ -60,7 +64,7 @@ def _small_demo() -> dict:
 def test_tiny_demo_runs_through_sbatch(cluster, tmp_path):
     tick = time.monotonic()
     proc = snakemake(tmp_path, _small_demo(), "--profile", str(REPO / "profiles" / "slurm"),
-                     "--workflow-profile", "none", "--jobs", "4", "--slurm-keep-successful-logs")
+                     "--workflow-profile", "none", "--jobs", "4", "--slurm-keep-successful-logs", *FAST_STATUS_CHECKS)
     seconds = time.monotonic() - tick
     logs = sorted((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert logs, f"no job went through SLURM:\n{(proc.stdout + proc.stderr)[-3000:]}"
@@ -102,7 +106,7 @@ def test_out_of_memory_is_retried_with_more_then_fails_clearly(memory_enforced, 
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path),
          "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", "--keep-going",
-         "fits.txt", "never.txt"],
+         *FAST_STATUS_CHECKS, "fits.txt", "never.txt"],
         capture_output=True, text=True, timeout=900)
     seconds = time.monotonic() - tick
     output = proc.stdout + proc.stderr
