@@ -20,8 +20,10 @@ from tests.workflow_helpers import REPO, snakemake, tiny_config
 pytestmark = pytest.mark.workflow
 
 # The plugin checks the queue this many seconds after a submission, then 10 s later than the last time while
-# nothing has finished: with the profile's 10 s, each layer of these few-second jobs waited ~30 s for its check.
-FAST_STATUS_CHECKS = ("--slurm-init-seconds-before-status-checks", "1")
+# nothing has finished (10 s, then 21 s, 32 s, ...). A workflow job here takes 9-13 s (two Snakefile parses inside
+# its sbatch job, then the job): with the profile's 10 s each layer of the DAG waited for the 31 s check; at 14 s the
+# first check finds it done.
+FAST_STATUS_CHECKS = ("--slurm-init-seconds-before-status-checks", "14")
 
 
 def _cluster_problem() -> str | None:
@@ -106,7 +108,8 @@ def test_out_of_memory_is_retried_with_more_then_fails_clearly(memory_enforced, 
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path),
          "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", "--keep-going",
-         *FAST_STATUS_CHECKS, "fits.txt", "never.txt"],
+         # The hogs' attempts end within ~10 s: the checks at 1 s and 12 s catch each (66 s here; 88 s at 14 s).
+         "--slurm-init-seconds-before-status-checks", "1", "fits.txt", "never.txt"],
         capture_output=True, text=True, timeout=900)
     seconds = time.monotonic() - tick
     output = proc.stdout + proc.stderr
