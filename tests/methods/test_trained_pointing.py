@@ -55,6 +55,12 @@ PARAMS = {
     "l2caf_specific": {},
 }
 POINTING = metrics.get("pointing_game", tolerance=0.0)
+# Methods that cost many passes per image run on the first MULTI_PASS_IMAGES difficult images, not all ~140: on
+# those 64 each still beats random weights by 0.078 (Score-CAM, IS-CAM) to 0.53 (RISE); the one-pass methods keep
+# every image, which a small margin (FullGrad: +0.03 over all, -0.06 over the first 64) needs.
+MULTI_PASS = {"gradient_shap", "smoothgrad", "rise", "kernel_shap", "lime", "sscam", "scorecam", "occlusion",
+              "deeplift", "integrated_gradients", "iscam", "ablationcam"}
+MULTI_PASS_IMAGES = 64
 
 
 def test_every_registered_method_is_compared():
@@ -99,6 +105,9 @@ def pointing_accuracy(net: torch.nn.Module, method: str, batch: Batch) -> float:
 @pytest.mark.parametrize("method", sorted(PARAMS))
 def test_trained_demonet_points_better_than_random_weights(nets_and_difficult_images, method):
     trained, random, batch = nets_and_difficult_images
+    if method in MULTI_PASS:
+        n = MULTI_PASS_IMAGES
+        batch = Batch(batch.images[:n], batch.labels[:n], batch.samples[:n])
     hits_trained = pointing_accuracy(trained, method, batch)
     hits_random = pointing_accuracy(random, method, batch)
     assert hits_trained > hits_random, f"{method}: trained {hits_trained:.3f}, random weights {hits_random:.3f}"

@@ -22,6 +22,9 @@ from vislib.io import load_shard
 pytestmark = pytest.mark.workflow
 
 TIMING_COLUMNS = ["seconds_per_image"]
+# Every run here builds the table: what the kill can corrupt and the resume must finish are the shards and the
+# table; the figures drawn from them would only add jobs.
+TABLE = "results/tiny/metrics.parquet"
 
 
 def _config(shard_size: int) -> dict:
@@ -56,8 +59,7 @@ def _metric_shards(workdir) -> list:
 def test_sigkill_mid_run_then_rerun(tmp_path):
     reference = tmp_path / "reference"
     reference.mkdir()
-    # The reference is for its tables (and prepared data) only: its figure jobs would add nothing to compare.
-    snakemake(reference, _config(shard_size=2), "results/tiny/metrics.parquet")
+    snakemake(reference, _config(shard_size=2), TABLE)
 
     # The killed run is in per-image mode (shard size 1): its tables must equal the sharded reference's.
     # It starts from the reference's prepared dataset, so the kill lands among explain/evaluate jobs.
@@ -67,7 +69,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
     config = _config(shard_size=1)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2"]
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", TABLE]
     # Own process group, so SIGKILL takes snakemake and every job it started, as a node failure would.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -90,9 +92,9 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
 
     # SIGKILL leaves Snakemake's directory lock behind; --unlock is the documented first step of a resume.
     snakemake(workdir, config, "--unlock")
-    snakemake(workdir, config)
+    snakemake(workdir, config, TABLE)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items()), "finished shards were redone"
     assert len(_metric_shards(workdir)) == 4
     _assert_same_tables(_table(workdir), _table(reference))
-    dry = snakemake(workdir, config, "-n")
+    dry = snakemake(workdir, config, "-n", TABLE)
     assert "Nothing to be done" in dry.stdout + dry.stderr
