@@ -27,17 +27,18 @@ if XDIST_WORKER:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
-# Test files whose groups take longest, longest first (CPU seconds, measured with 2 workers on 2 cores): sent to the
-# workers before everything else, so no worker starts a long group while the others run out of tests. Files not
-# named here keep their order after these; all the others together take ~100 CPU seconds.
+# Test files whose groups take longest, longest first (seconds in a worker, measured with 3 workers on 2 cores): sent
+# to the workers before everything else, so no worker starts a long group while the others run out of tests. The
+# SLURM tests lead: they mostly wait on the queue, which overlaps the others' work. Files not named here keep their
+# order after these.
 SLOW_FILES = [
-    "test_workflow_featvis_lavise.py",  # ~110: the featvis + LaViSE run, ~20 jobs, a chain of them (~3 min wall)
-    "test_presets.py",  # ~135: 16 dry runs of the presets, in three tests
-    "test_workflow.py",  # ~130: the tiny run, then reruns and a second run
-    "test_resume.py",  # ~55: three runs
-    "test_workflow_lavise_original.py",  # ~90: two runs of the LaViSE rules with the original's switches (shapes, VG)
-    "test_slurm.py",  # skipped without a SLURM cluster; .ci/run starts one
-    "test_trained_pointing.py",  # ~60: trains the demo net
+    "test_slurm.py",  # ~215: the tiny demo and the memory retries through sbatch (skipped without a SLURM cluster)
+    "test_workflow_featvis_lavise.py",  # ~145: the featvis + LaViSE run, ~20 jobs, a chain of them
+    "test_workflow.py",  # ~250: the tiny run, then reruns and a second run
+    "test_presets.py",  # ~140: 7 dry runs of the documented preset commands, the missing-archive message
+    "test_resume.py",  # ~100: three runs
+    "test_workflow_lavise_original.py",  # ~100: two runs of the LaViSE rules with the original's switches
+    "test_trained_pointing.py",  # ~90: trains the demo net, ~35 methods on two nets
 ]
 
 
