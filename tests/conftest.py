@@ -33,8 +33,8 @@ if XDIST_WORKER:
 # order after these.
 SLOW_FILES = [
     "test_slurm.py",  # ~215: the tiny demo and the memory retries through sbatch (skipped without a SLURM cluster)
-    "test_workflow_featvis_lavise.py",  # ~145: the featvis + LaViSE run, ~20 jobs, a chain of them
     "test_workflow.py",  # ~250: the tiny run, then reruns and a second run
+    "test_workflow_featvis_lavise.py",  # ~145: the featvis + LaViSE run, ~20 jobs, a chain of them
     "test_presets.py",  # ~140: 7 dry runs of the documented preset commands, the missing-archive message
     "test_resume.py",  # ~100: three runs
     "test_workflow_lavise_original.py",  # ~100: two runs of the LaViSE rules with the original's switches
