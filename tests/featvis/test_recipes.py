@@ -133,14 +133,6 @@ def loud_model():
     return model
 
 
-@pytest.fixture(scope="module")
-def photos():
-    generator = torch.Generator().manual_seed(1)
-    reds = torch.rand(6, 3, 32, 32, generator=generator) * torch.tensor([1.0, 0.2, 0.2])[:, None, None]
-    blues = torch.rand(6, 3, 32, 32, generator=generator) * torch.tensor([0.2, 0.2, 1.0])[:, None, None]
-    return torch.cat([reds, blues])
-
-
 @pytest.mark.parametrize("name", sorted(ORIGINAL_VALUES))
 def test_original_recipe_sets_the_original_values(name):
     params = featvis.get(name, recipe="original").params
