@@ -126,7 +126,8 @@ def method_rows(net, x, targets, args) -> list[Row]:
          f"{args.scorecam_batch} images, 64 of 512 channels scored; no peer has top-k"),
         ("ablationcam (exact)", ours("ablationcam", xs, ts, batch_size=32),
          {PGC: pgc_cam(pytorch_grad_cam.AblationCAM, net, layer, xs, ts, batch_size=32)}, 1,
-         f"{args.scorecam_batch} images (512 ablated forwards each), 32 ablated copies per pass"),
+         f"{args.scorecam_batch} images, 512 ablated copies each, 32 per pass; vislib runs them through the net "
+         "after layer4, pytorch-grad-cam through the whole net"),
         # torchcam's rule (softmax over channels of the averaged logits) and 2 copies per mask keep the rows short.
         ("sscam (exact)", ours("sscam", xs, ts, batch_size=32, softmax="channels", samples=2, noise_std=2.0),
          {TORCHCAM: torchcam_cam(torchcam.methods.SSCAM, net, layer_name, xs, ts, batch_size=32, num_samples=2,

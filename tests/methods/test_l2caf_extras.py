@@ -14,7 +14,7 @@ from vislib.data.synthetic import ShapesConfig, generate_shapes
 from vislib.errors import VislibError
 from vislib.figures import convergence_gif
 from vislib.io import load_shard
-from vislib.methods import l2caf
+from vislib.methods import l2caf, split
 
 VARIANTS = ["l2caf_oblivious", "l2caf_specific"]
 LAYER = "features.14"
@@ -29,7 +29,7 @@ def _images(n: int, size: int = 64) -> torch.Tensor:
 
 
 def _hook_path(monkeypatch):
-    monkeypatch.setattr(l2caf, "_graph_split", lambda *args: "forced for the test")
+    monkeypatch.setattr(split, "graph_split", lambda *args: "forced for the test")
 
 
 def _graph_path(monkeypatch):

@@ -15,7 +15,7 @@ from vislib import featvis, methods, models
 from vislib.cli import main
 from vislib.config import check_config
 from vislib.errors import ConfigError, LayerError
-from vislib.methods import l2caf
+from vislib.methods import l2caf, split
 from vislib.methods.hooks import capture_layer, frozen_model, hook_count
 from vislib.models.layout import CHANNELS_FIRST, CHANNELS_LAST, Tokens, layout_of_shape
 
@@ -204,9 +204,9 @@ def test_l2caf_tail_on_a_token_layer_filters_the_patch_tokens_only(vit_tiny):
     layer = vit_tiny.vislib_default_layer
     x = torch.randn(3, 3, 224, 224)
     with frozen_model(vit_tiny):
-        split = l2caf._graph_split(vit_tiny, layer, x, "l2caf_specific")
-        assert not isinstance(split, str), split
-        tail, activation, logits = split
+        cut = split.graph_split(vit_tiny, layer, x, "l2caf_specific")
+        assert not isinstance(cut, str), cut
+        tail, activation, logits = cut
         assert tail.path == "fx" and activation.shape == (3, 192, 14, 14)
         masks = torch.randn(3, 1, 14, 14)
         handle = models.resolve_layer(vit_tiny, layer).register_forward_hook(_filter_grid_tokens(masks))
@@ -225,7 +225,7 @@ def test_l2caf_on_a_vit_gives_grid_maps_the_same_on_the_hook_path(vit_tiny, monk
     method = methods.get("l2caf_oblivious", max_iters=6, check_every=3)
     fast = method.explain(vit_tiny, None, x)
     assert fast.maps.shape == (2, 14, 14) and torch.isfinite(fast.maps).all() and fast.extras["fast_path"].all()
-    monkeypatch.setattr(l2caf, "_graph_split", lambda *args: "forced for the test")
+    monkeypatch.setattr(split, "graph_split", lambda *args: "forced for the test")
     slow = method.explain(vit_tiny, None, x)
     assert not slow.extras["fast_path"].any() and hook_count(vit_tiny) == before
     torch.testing.assert_close(slow.maps, fast.maps, rtol=0, atol=1e-4)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vislib.errors import LayerError
+from vislib.methods import split
 from vislib.methods.base import (
     Attribution,
     AttributionMethod,
@@ -583,37 +584,6 @@ class ISCAM(ScoreCAM):
         return MaskVariants(self.params["steps"], scales=self.step_scales(images.device))
 
 
-class _LayerReplacement:
-    """The [n,C,h,w] map a hooked layer outputs, instead of its own, in the next forward pass."""
-
-    def __init__(self) -> None:
-        self.spatial: torch.Tensor | None = None
-
-
-@contextlib.contextmanager
-def _replaced_layer(model: nn.Module, layer: str, method: str) -> Iterator[_LayerReplacement]:
-    """A forward hook that swaps `layer`'s output for the replacement's map (in the layer's own layout), once per
-    replacement: a layer that runs twice in one forward pass has no single output to replace."""
-    replacement = _LayerReplacement()
-
-    def hook(_module, _inputs, output):
-        if not isinstance(output, torch.Tensor):
-            raise LayerError(f"method {method!r} needs a layer that outputs a tensor, but {layer!r} outputs "
-                             f"{type(output).__name__}; pick a layer with a feature map or tokens")
-        if replacement.spatial is None:
-            raise LayerError(f"layer {layer!r} runs more than once in one forward pass, so method {method!r} has "
-                             "no single output to change; pick a layer used once (e.g. the enclosing block)")
-        spatial, replacement.spatial = replacement.spatial, None
-        layout = layer_layout(model, layer, output) or CHANNELS_FIRST
-        return layout.from_spatial(spatial.to(output.dtype), output)
-
-    handle = resolve_layer(model, layer).register_forward_hook(hook)
-    try:
-        yield replacement
-    finally:
-        handle.remove()
-
-
 @register
 class AblationCAM(CAMMethod):
     """Ablation-CAM (Desai & Ramaswamy 2020): channel k weighted by (y - y_k) / y, y_k the target's logit with the
@@ -629,15 +599,14 @@ class AblationCAM(CAMMethod):
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
         with frozen_model(model), torch.no_grad():
-            with capture_layer(model, layer) as capture:
-                logits = model(fast_layout(images))
-            activation = capture.spatial(layer, self.name)
+            tail, activation, logits = split.cut_after(model, layer, images, self.name)
             targets = choose_targets(logits, targets)
             channels = top_channels(activation, self.params["top_channels"])
             # At least float32: a drop is a small difference of two logits, which half precision would lose.
             precision = torch.promote_types(logits.dtype, torch.float32)
             score = logits.gather(1, targets[:, None]).to(precision)  # [N,1]
-            ablated = self._ablated_scores(model, layer, images, targets, activation, channels, precision)
+            with tail.attached():
+                ablated = self._ablated_scores(tail, targets, activation, channels, precision)
             # A channel left unablated is taken to change nothing: its weight is 0 (pytorch-grad-cam's rule).
             drops = torch.zeros(activation.shape[:2], dtype=precision, device=score.device).scatter(
                 1, channels, score - ablated)
@@ -645,25 +614,25 @@ class AblationCAM(CAMMethod):
             weights = drops / torch.where(score == 0, torch.ones_like(score), score)
         return WeightedActivations(weights[:, :, None, None].to(activation.dtype) * activation, targets, logits)
 
-    def _ablated_scores(self, model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor,
+    def _ablated_scores(self, tail: split.GraphTail | split.HookTail, targets: torch.Tensor,
                         activation: torch.Tensor, channels: torch.Tensor, precision: torch.dtype) -> torch.Tensor:
-        """Target logit [N,k] of each image with each of its selected channels of `layer` zeroed.
+        """Target logit [N,k] of each image with each of its selected channels of the layer zeroed.
 
-        The layer's output is replaced by the first pass's activation with one channel zeroed, so an ablated
-        copy differs from the image's own pass by that channel alone; the layers before it still run (without
-        a traced graph there is no running only the rest of the network).
+        Each ablated copy is the first pass's activation with one channel zeroed, fed to the net after the layer
+        (where fx can trace the model; otherwise the whole net runs with the layer's output replaced), so it
+        differs from the image's own pass by that channel alone.
         """
         n, k = channels.shape
-        rows = torch.arange(n, device=images.device).repeat_interleave(k)
+        device = activation.device
+        rows = torch.arange(n, device=device).repeat_interleave(k)
         cols = channels.reshape(-1)
-        scores = torch.empty(n * k, dtype=precision, device=images.device)
+        scores = torch.empty(n * k, dtype=precision, device=device)
         step = self.params["batch_size"]
-        with _replaced_layer(model, layer, self.name) as replacement:
-            for start in range(0, n * k, step):
-                r, c = rows[start:start + step], cols[start:start + step]
-                ablated = activation[r]  # advanced indexing: a copy, safe to change
-                ablated[torch.arange(len(r), device=images.device), c] = 0
-                replacement.spatial = ablated
-                logits = model(fast_layout(images[r]))
-                scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]
+        for start in range(0, n * k, step):
+            r, c = rows[start:start + step], cols[start:start + step]
+            ablated = activation[r]  # advanced indexing: a copy, safe to change
+            ablated[torch.arange(len(r), device=device), c] = 0
+            tail.select(r)
+            logits = tail.replaced(ablated)
+            scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]
         return scores.view(n, k)

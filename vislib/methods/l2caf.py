@@ -9,9 +9,8 @@ has its own filter, optimiser state, step counter and stopping rule, and a conve
 frozen while the others go on.
 
 The network before the layer runs once per batch, in the forward pass that also gives the logits
-(and the predicted classes). Where `torch.fx` can trace the model, the rest of the graph
-is cut off as a tail module that takes the filtered activation (plus any cached value that crosses
-the cut, such as a residual branch), so each iteration runs only that tail. A tail made only of
+(and the predicted classes). Where `torch.fx` can trace the model, each iteration runs only the tail after
+the layer (`vislib.methods.split`). A tail made only of
 affine ops (pooling, flatten, linear: the last layer of ResNet, GoogLeNet and the demo net) is
 replaced by its exact per-position logit columns. Where tracing fails, a forward hook multiplies
 the layer output by the filter and the whole net runs every iteration.
@@ -27,8 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -36,18 +34,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from vislib.errors import ConfigError, LayerError, VislibError
+from vislib.errors import ConfigError, VislibError
+from vislib.methods import split
 from vislib.methods.base import (
     Attribution,
     AttributionMethod,
     choose_targets,
-    fast_layout,
     register,
 )
 from vislib.methods.cam import layer_or_default
-from vislib.methods.hooks import LayerCapture, frozen_model
-from vislib.models.layout import Layout, layer_layout
-from vislib.models.registry import resolve_layer
+from vislib.methods.hooks import frozen_model
 from vislib.params import param
 
 log = logging.getLogger(__name__)
@@ -83,28 +79,6 @@ class _Tail(Protocol):
         """Context in which calls work (and after which nothing is left on the model)."""
 
 
-class _GraphTail:
-    """The fx-traced remainder of the net, fed the cached layer output with its grid times the mask."""
-
-    path = "fx"
-
-    def __init__(self, module: fx.GraphModule, output: torch.Tensor, layout: Layout,
-                 crossing: list[torch.Tensor]) -> None:
-        self.module, self.layout = module, layout
-        self._output_all, self._crossing_all = output, crossing
-        self._output, self._crossing = output, crossing
-
-    def select(self, rows: torch.Tensor) -> None:
-        self._output = self._output_all[rows]
-        self._crossing = [value[rows] for value in self._crossing_all]
-
-    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        return self.module(self.layout.masked(self._output, masks), *self._crossing)
-
-    def attached(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext(self)
-
-
 class _AffineTail:
     """A tail that is affine in its input, as a bias plus one logit column per filter position.
 
@@ -114,7 +88,7 @@ class _AffineTail:
 
     path = "fx-affine"
 
-    def __init__(self, tail: _GraphTail, activation: torch.Tensor) -> None:
+    def __init__(self, tail: split.GraphTail, activation: torch.Tensor) -> None:
         n, _, h, w = activation.shape
         with torch.no_grad():
             masks = torch.zeros(n, 1, h * w, device=activation.device)
@@ -135,197 +109,6 @@ class _AffineTail:
 
     def attached(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext(self)
-
-
-class _HookTail:
-    """The whole net with a forward hook that multiplies the layer output's grid by the mask."""
-
-    path = "hook"
-
-    def __init__(self, model: nn.Module, layer: str, images: torch.Tensor, layout: Layout) -> None:
-        self.model, self.layer, self.layout = model, layer, layout
-        self._images_all = self._images = images
-        self.masks: torch.Tensor | None = None
-
-    def select(self, rows: torch.Tensor) -> None:
-        self._images = self._images_all[rows]
-
-    def hook(self, _module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook: the filtered layer output, in the layer's own layout (prefix tokens untouched)."""
-        assert self.masks is not None  # __call__ sets them before the forward pass that runs this hook
-        return self.layout.masked(output, self.masks)
-
-    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        self.masks = masks
-        return self.model(self._images)
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[_HookTail]:
-        handle = resolve_layer(self.model, self.layer).register_forward_hook(self.hook)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-
-class _LeafTracer(fx.Tracer):
-    """An fx tracer that keeps the filtered layer as one call, so the graph can be cut there."""
-
-    def __init__(self, layer: str) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name == self.layer or super().is_leaf_module(m, module_qualified_name)
-
-
-class _Recorder(fx.Interpreter):
-    """Runs a traced graph once, noting which values are per-image tensors and keeping those a tail may need.
-
-    A tail needs the per-image tensors it reads from before the cut, and those read by values that
-    are not per-image (such as `x.size(0)`), which the tail recomputes because they change when
-    rows are selected. Inputs are still alive while a node runs, so they are kept then.
-    """
-
-    def __init__(self, module: fx.GraphModule, cut: fx.Node, downstream: set[fx.Node], batch: int) -> None:
-        super().__init__(module)
-        self.cut, self.downstream, self.batch = cut, downstream, batch
-        self.per_image: dict[fx.Node, bool] = {}
-        self.values: dict[fx.Node, object] = {}
-
-    def run_node(self, n: fx.Node):
-        value = super().run_node(n)
-        self.per_image[n] = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == self.batch
-        if n is self.cut:
-            self.values[n] = value
-        elif n in self.downstream or (not self.per_image[n] and n.op != "get_attr"):
-            for inp in n.all_input_nodes:
-                if inp not in self.downstream and self.per_image[inp]:
-                    self.values[inp] = self.env[inp]
-        return value
-
-
-def _spatial(model: nn.Module, output: object, layer: str, method: str) -> tuple[Layout, torch.Tensor]:
-    """The layout of the layer's output and its grid as [N,C,h,w]; LayerError where it holds none."""
-    capture = LayerCapture()
-    layout = None
-    if isinstance(output, torch.Tensor):
-        layout = layer_layout(model, layer, output)
-        capture.activation = layout.to_spatial(output) if layout is not None else output
-    spatial = capture.spatial(layer, method)
-    assert layout is not None  # a tensor of no layout is not 4-D, which `spatial` refuses
-    return layout, spatial
-
-
-def _called_once(layer: str, calls: int) -> None:
-    if calls == 0:
-        raise LayerError(f"layer {layer!r} was not reached in the forward pass; pick a layer the model uses")
-    if calls > 1:
-        raise LayerError(
-            f"layer {layer!r} runs {calls} times in one forward pass, so one filter has no single place; "
-            "pick a layer used once (e.g. the enclosing block)"
-        )
-
-
-_IN_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                       operator.itruediv: operator.truediv, torch.relu_: torch.relu}
-
-
-def _out_of_place(graph: fx.Graph) -> None:
-    """Rewrite in-place ops as out-of-place ones.
-
-    The caching pass must not overwrite the layer's output or a value crossing the cut after
-    recording it, and every iteration reuses those cached tensors.
-    """
-    for node in graph.nodes:
-        if node.kwargs.get("inplace") is True:
-            node.kwargs = {**node.kwargs, "inplace": False}
-        if node.op == "call_function" and node.target in _IN_PLACE_FUNCTIONS:
-            node.target = _IN_PLACE_FUNCTIONS[node.target]
-        elif (node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
-              and hasattr(torch.Tensor, node.target[:-1])):
-            node.target = node.target[:-1]
-
-
-def _graph_split(model: nn.Module, layer: str, images: torch.Tensor,
-                 method: str) -> tuple[_Tail, torch.Tensor, torch.Tensor] | str:
-    """Cut the traced model after `layer`: (tail, activation, logits), or why it cannot be cut."""
-    tracer = _LeafTracer(layer)
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises many types for Python control flow it cannot trace
-        return f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
-    _out_of_place(graph)
-    cuts = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
-    if not cuts:
-        return f"layer {layer!r} is not a call in the traced graph (it sits inside a module fx keeps whole)"
-    _called_once(layer, len(cuts))
-    cut = cuts[0]
-    downstream = {cut}
-    for node in graph.nodes:
-        if any(inp in downstream for inp in node.all_input_nodes):
-            downstream.add(node)
-    output = next(n for n in graph.nodes if n.op == "output")
-    if output not in downstream:
-        raise LayerError(f"the output of model does not depend on layer {layer!r}; pick a layer on its path")
-    module = fx.GraphModule(tracer.root, graph)
-    recorder = _Recorder(module, cut, downstream, images.shape[0])
-    with torch.no_grad():
-        logits = recorder.run(images)
-    output = recorder.values[cut]
-    layout, activation = _spatial(model, output, layer, method)
-
-    crossing: list[fx.Node] = []
-    constants: list[fx.Node] = []
-    recomputed: set[fx.Node] = set()
-
-    def feed(node: fx.Node) -> str | None:
-        """Classify a value from before the cut that the tail reads; say why it cannot, if so."""
-        if node in downstream or node in recomputed or node in crossing or node in constants:
-            return None
-        if node.op == "get_attr":
-            constants.append(node)
-        elif recorder.per_image[node]:
-            crossing.append(node)
-        elif node.op == "placeholder":
-            if not node.args:
-                return f"model input {node.name!r} is not a per-image tensor"
-            # An input the call leaves at its default (timm's `attn_mask=None`) keeps that default in the tail.
-            constants.append(node)
-        else:
-            recomputed.add(node)
-            for inp in node.all_input_nodes:
-                reason = feed(inp)
-                if reason:
-                    return reason
-        return None
-
-    for node in graph.nodes:
-        if node in downstream and node is not cut:
-            for inp in node.all_input_nodes:
-                reason = feed(inp)
-                if reason:
-                    return reason
-    crossing_values: list[torch.Tensor] = []
-    for n in crossing:
-        value = recorder.values[n]
-        assert isinstance(value, torch.Tensor)  # crossing values are per-image, which only tensors are
-        crossing_values.append(value)
-    tail_nodes = [n for n in graph.nodes if (n in downstream and n is not cut) or n in recomputed]
-
-    tail = fx.Graph()
-    env = {cut: tail.placeholder("filtered")}
-    env.update({node: tail.placeholder(f"crossing_{i}") for i, node in enumerate(crossing)})
-    env.update({node: tail.node_copy(node) for node in constants})
-    for node in tail_nodes:
-        env[node] = tail.node_copy(node, lambda n: env[n])
-    tail_module = fx.GraphModule(tracer.root, tail)
-    assert isinstance(output, torch.Tensor)  # `_spatial` accepted it
-    graph_tail = _GraphTail(tail_module, output, layout, crossing_values)
-    columns_bytes = activation.shape[0] * activation.shape[2] * activation.shape[3] * logits.shape[1] * 4
-    if not crossing and columns_bytes <= _AFFINE_MAX_BYTES and _is_affine(tail_module):
-        return _AffineTail(graph_tail, activation), activation, logits
-    return graph_tail, activation, logits
 
 
 # Ops that keep a tail affine in its input (modules in eval mode, which frozen_model guarantees).
@@ -355,24 +138,13 @@ def _is_affine(tail: fx.GraphModule) -> bool:
 
 def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
              method: str) -> tuple[_Tail, torch.Tensor, torch.Tensor]:
-    """The net after `layer` as a tail, the layer's activation [N,C,h,w] and the unfiltered logits."""
-    resolve_layer(model, layer)
-    images = fast_layout(images)
-    split = _graph_split(model, layer, images, method)
-    if not isinstance(split, str):
-        log.info("l2caf: %s tail at layer %r (the net before it runs once)", split[0].path, layer)
-        return split
-    log.info("l2caf: hook path at layer %r (whole net every iteration): %s", layer, split)
-    captured: list[object] = []
-    handle = resolve_layer(model, layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        with torch.no_grad():
-            logits = model(images)
-    finally:
-        handle.remove()
-    _called_once(layer, len(captured))
-    layout, activation = _spatial(model, captured[0], layer, method)
-    return _HookTail(model, layer, images, layout), activation, logits
+    """The net after `layer` as a tail (its logit columns where the tail is affine), the activation, the logits."""
+    tail, activation, logits = split.cut_after(model, layer, images, method)
+    if isinstance(tail, split.GraphTail) and not tail.crossing_all:
+        columns_bytes = activation.shape[0] * activation.shape[2] * activation.shape[3] * logits.shape[1] * 4
+        if columns_bytes <= _AFFINE_MAX_BYTES and _is_affine(tail.module):
+            return _AffineTail(tail, activation), activation, logits
+    return tail, activation, logits
 
 
 def _row_seed(seed: int, image: bytes, target: int | None) -> int:
