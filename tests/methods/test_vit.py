@@ -15,7 +15,7 @@ from vislib import featvis, methods, models
 from vislib.cli import main
 from vislib.config import check_config
 from vislib.errors import ConfigError, LayerError
-from vislib.methods import l2caf, split
+from vislib.methods import split
 from vislib.methods.hooks import capture_layer, frozen_model, hook_count
 from vislib.models.layout import CHANNELS_FIRST, CHANNELS_LAST, Tokens, layout_of_shape
 
