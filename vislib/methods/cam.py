@@ -80,7 +80,7 @@ class LayerGradient(NamedTuple):
 def layer_activation_and_grad(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None,
                               method: str) -> LayerGradient:
     """Activation of `layer` and d score_target / dA in one forward/backward (targets None: predicted)."""
-    with frozen_model(model), _layer_as_leaf(model, layer, method) as capture, torch.enable_grad():
+    with frozen_model(model, keep_inplace=True), _layer_as_leaf(model, layer, method) as capture, torch.enable_grad():
         logits = model(fast_layout(images.detach()))
         activation = capture.spatial(layer, method)
         targets = choose_targets(logits, targets)

@@ -41,7 +41,7 @@ class InputGradient(NamedTuple):
 
 def input_gradient(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None) -> InputGradient:
     """d score_target / d input for a batch in one forward/backward (targets None: the predicted classes)."""
-    with frozen_model(model), torch.enable_grad():
+    with frozen_model(model, keep_inplace=True), torch.enable_grad():
         x = fast_layout(images.detach()).requires_grad_(True)
         logits = model(x)
         targets = choose_targets(logits, targets)
@@ -57,24 +57,34 @@ def unperturbed_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(fast_layout(images))
 
 
+def _clamp(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:
+    """ReLU (upper None) or ReLU6 of `x`, in place where the caller asked (an in-place nn.ReLU or F.relu call)."""
+    if inplace:
+        ctx.mark_dirty(x)
+        return x.clamp_min_(0) if upper is None else x.clamp_(0, upper)
+    return x.clamp_min(0) if upper is None else x.clamp(0, upper)
+
+
 class _GuidedClamp(torch.autograd.Function):
     """ReLU (or ReLU6) whose backward passes only positive gradients where the input is in the open range."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:
-        ctx.save_for_backward(x)
+    def forward(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:
         ctx.upper = upper
-        return x.clamp_min(0) if upper is None else x.clamp(0, upper)
+        out = _clamp(ctx, x, upper, inplace)
+        # The output is in the open range exactly where the input is, so saving it lets the clamp run in place.
+        ctx.save_for_backward(out)
+        return out
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (out,) = ctx.saved_tensors
         positive = grad_output.clamp_min(0)
         # ReLU's and ReLU6's own backward kernels zero the gradient outside (0, upper) in one fused
         # pass, twice as fast as building a mask and multiplying.
         if ctx.upper is None:
-            return torch.ops.aten.threshold_backward(positive, x, 0), None
-        return torch.ops.aten.hardtanh_backward(positive, x, 0.0, ctx.upper), None
+            return torch.ops.aten.threshold_backward(positive, out, 0), None, None
+        return torch.ops.aten.hardtanh_backward(positive, out, 0.0, ctx.upper), None, None
 
 
 class _DeconvClamp(torch.autograd.Function):
@@ -82,12 +92,12 @@ class _DeconvClamp(torch.autograd.Function):
     (Zeiler and Fergus's deconvnet: the reconstruction is rectified, not gated by the forward pass)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:
-        return x.clamp_min(0) if upper is None else x.clamp(0, upper)
+    def forward(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:
+        return _clamp(ctx, x, upper, inplace)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_output.clamp_min(0), None
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad_output.clamp_min(0), None, None
 
 
 @contextlib.contextmanager
@@ -101,22 +111,24 @@ def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
 def relus_backpropagating(model: nn.Module, rule: type[torch.autograd.Function], relu6: bool = True
                           ) -> Iterator[None]:
     """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) runs as `rule`, an autograd
-    function of (input, upper bound or None) that clamps forward and backpropagates its own way.
+    function of (input, upper bound or None, in place) that clamps forward and backpropagates its own way.
 
     nn.ReLU modules call torch.nn.functional.relu, and some networks call it directly (torchvision's
     googlenet and densenet), so patching that one function covers both, including a module reused
-    several times (torchvision's resnet blocks). The patch is process-wide while the block runs,
-    and a call with inplace=True returns a new tensor (every caller uses the returned value).
+    several times (torchvision's resnet blocks). The patch is process-wide while the block runs; a call with
+    inplace=True clamps in place, as the ReLU it replaces. A ReLU6 module that runs in place has clamped its
+    input when its hook replaces the output; clamped values lie in (0, upper) exactly where the input did, so the
+    rule's backward is the same.
     """
     original = F.relu
 
     def patched_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        return rule.apply(input, None)
+        return rule.apply(input, None, inplace)
 
     def patched_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
                       ) -> torch.Tensor:
         assert isinstance(module, nn.ReLU6)  # the hook is registered on ReLU6 modules only
-        return rule.apply(inputs[0], float(module.max_val))
+        return rule.apply(inputs[0], float(module.max_val), False)
 
     handles = [m.register_forward_hook(patched_relu6) for m in model.modules()
                if relu6 and isinstance(m, nn.ReLU6)]
