@@ -209,12 +209,16 @@ def test_guided_backprop_guides_functional_relus_of_googlenet():
     assert not torch.allclose(guided / guided.max(), plain / plain.max(), atol=1e-3)
 
 
-def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam():
-    net = models.load("demonet", "random")
+@pytest.mark.parametrize("arch,layer", [("demonet", "features.14"), ("resnet18", "layer3")])
+def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(arch, layer):
+    # One forward pass serves both backward passes; at resnet18's layer3 the ReLUs of layer4 lie between the layer
+    # and the scores, and Grad-CAM's gradient must pass them as plain ReLUs.
+    torch.manual_seed(0)
+    net = models.load(arch, "random")
     x = torch.randn(2, 3, 64, 64)
     targets = torch.tensor([2, 5])
-    ours = methods.get("guided_gradcam").attribute(net, x, targets, "features.14")
-    cam = methods.get("gradcam").explain(net, "features.14", x, targets).maps
+    ours = methods.get("guided_gradcam").attribute(net, x, targets, layer)
+    cam = methods.get("gradcam").explain(net, layer, x, targets).maps
     guided = methods.get("guided_backprop").attribute(net, x, targets)
     torch.testing.assert_close(ours, guided * methods.to_image_maps(cam, (64, 64))[:, None])
 

@@ -41,8 +41,10 @@ def layer_or_default(model: nn.Module, layer: str | None, method: str) -> str:
 
 
 @contextlib.contextmanager
-def _layer_as_leaf(model: nn.Module, layer: str, method: str) -> Iterator[LayerCapture]:
-    """Capture `layer`'s output as a graph leaf, so a backward pass stops at that layer."""
+def layer_handed_on_as_copy(model: nn.Module, layer: str, method: str, leaf: bool) -> Iterator[LayerCapture]:
+    """Capture `layer`'s output as its [N,C,h,w] grid and hand the network after it a copy, so an in-place op there
+    (an in-place ReLU, densenet's F.relu(features, inplace=True)) leaves the capture alone. With `leaf`, the capture
+    is a graph leaf, so a backward pass stops at the layer; without, gradients flow through it to the input."""
     module = resolve_layer(model, layer)
     capture = LayerCapture()
 
@@ -52,14 +54,12 @@ def _layer_as_leaf(model: nn.Module, layer: str, method: str) -> Iterator[LayerC
                 f"method {method!r} needs a layer that outputs a tensor, but {layer!r} outputs "
                 f"{type(output).__name__}; pick a layer with a feature map or tokens"
             )
-        # The leaf is the layer's grid as [N,C,h,w] (tokens and channels-last maps converted), so the gradient
+        # The capture is the layer's grid as [N,C,h,w] (tokens and channels-last maps converted), so the gradient
         # with respect to it is the map's gradient.
         layout = layer_layout(model, layer, output) or CHANNELS_FIRST
-        leaf = layout.to_spatial(output).detach().requires_grad_(True)
-        capture.activation = leaf
-        # The rest of the network gets a new tensor, not the leaf: an in-place op after the layer (densenet's
-        # F.relu(features, inplace=True)) is illegal on a leaf that requires grad.
-        return layout.from_spatial(leaf, output)
+        spatial = layout.to_spatial(output)
+        capture.activation = spatial.detach().requires_grad_(True) if leaf else spatial
+        return layout.from_spatial(capture.activation, output)
 
     handle = module.register_forward_hook(hook)
     try:
@@ -80,7 +80,8 @@ class LayerGradient(NamedTuple):
 def layer_activation_and_grad(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None,
                               method: str) -> LayerGradient:
     """Activation of `layer` and d score_target / dA in one forward/backward (targets None: predicted)."""
-    with frozen_model(model, keep_inplace=True), _layer_as_leaf(model, layer, method) as capture, torch.enable_grad():
+    with (frozen_model(model, keep_inplace=True), layer_handed_on_as_copy(model, layer, method, leaf=True) as capture,
+          torch.enable_grad()):
         logits = model(fast_layout(images.detach()))
         activation = capture.spatial(layer, method)
         targets = choose_targets(logits, targets)

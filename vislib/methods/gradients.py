@@ -24,8 +24,8 @@ from vislib.methods.base import (
     fast_layout,
     register,
 )
-from vislib.methods.cam import GradCAM, layer_activation_and_grad, layer_or_default
-from vislib.methods.hooks import capture_layer, frozen_model
+from vislib.methods.cam import GradCAM, layer_handed_on_as_copy, layer_or_default
+from vislib.methods.hooks import frozen_model
 from vislib.methods.postprocess import map_quantiles, normalize_maps, to_image_maps, upsample_maps
 from vislib.models.registry import preprocessing_of
 from vislib.params import param, with_defaults
@@ -65,26 +65,35 @@ def _clamp(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Te
     return x.clamp_min(0) if upper is None else x.clamp(0, upper)
 
 
+class GuidedSwitch:
+    """Whether guided ReLUs backpropagate guided or as plain ReLUs, read at each backward pass: the forward values
+    are the same, so one forward pass serves a plain backward pass and a guided one (guided Grad-CAM)."""
+
+    def __init__(self) -> None:
+        self.guided = True
+
+
 class _GuidedClamp(torch.autograd.Function):
-    """ReLU (or ReLU6) whose backward passes only positive gradients where the input is in the open range."""
+    """ReLU (or ReLU6) whose backward passes only positive gradients where the input is in the open range (as a
+    plain ReLU's while its switch is off)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:
-        ctx.upper = upper
+    def forward(ctx, x: torch.Tensor, upper: float | None, inplace: bool, switch: GuidedSwitch) -> torch.Tensor:
+        ctx.upper, ctx.switch = upper, switch
         out = _clamp(ctx, x, upper, inplace)
         # The output is in the open range exactly where the input is, so saving it lets the clamp run in place.
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (out,) = ctx.saved_tensors
-        positive = grad_output.clamp_min(0)
+        passed = grad_output.clamp_min(0) if ctx.switch.guided else grad_output
         # ReLU's and ReLU6's own backward kernels zero the gradient outside (0, upper) in one fused
         # pass, twice as fast as building a mask and multiplying.
         if ctx.upper is None:
-            return torch.ops.aten.threshold_backward(positive, out, 0), None, None
-        return torch.ops.aten.hardtanh_backward(positive, out, 0.0, ctx.upper), None, None
+            return torch.ops.aten.threshold_backward(passed, out, 0), None, None, None
+        return torch.ops.aten.hardtanh_backward(passed, out, 0.0, ctx.upper), None, None, None
 
 
 class _DeconvClamp(torch.autograd.Function):
@@ -100,18 +109,23 @@ class _DeconvClamp(torch.autograd.Function):
         return grad_output.clamp_min(0), None, None
 
 
+Clamp = Callable[[torch.Tensor, "float | None", bool], torch.Tensor]
+"""clamp(input, upper bound or None, in place): a ReLU (or ReLU6) forward with its own backward."""
+
+
 @contextlib.contextmanager
-def guided_relus(model: nn.Module, relu6: bool = True) -> Iterator[None]:
-    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) backpropagates guided."""
-    with relus_backpropagating(model, _GuidedClamp, relu6):
+def guided_relus(model: nn.Module, relu6: bool = True, switch: GuidedSwitch | None = None) -> Iterator[None]:
+    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) backpropagates guided (while
+    `switch`, if given, is on)."""
+    switch = switch or GuidedSwitch()
+    with relus_backpropagating(model, lambda x, upper, inplace: _GuidedClamp.apply(x, upper, inplace, switch),
+                               relu6):
         yield
 
 
 @contextlib.contextmanager
-def relus_backpropagating(model: nn.Module, rule: type[torch.autograd.Function], relu6: bool = True
-                          ) -> Iterator[None]:
-    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) runs as `rule`, an autograd
-    function of (input, upper bound or None, in place) that clamps forward and backpropagates its own way.
+def relus_backpropagating(model: nn.Module, clamp: Clamp, relu6: bool = True) -> Iterator[None]:
+    """While active, every ReLU (and, with `relu6`, every nn.ReLU6 of `model`) runs as `clamp`.
 
     nn.ReLU modules call torch.nn.functional.relu, and some networks call it directly (torchvision's
     googlenet and densenet), so patching that one function covers both, including a module reused
@@ -123,12 +137,12 @@ def relus_backpropagating(model: nn.Module, rule: type[torch.autograd.Function],
     original = F.relu
 
     def patched_relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        return rule.apply(input, None, inplace)
+        return clamp(input, None, inplace)
 
     def patched_relu6(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
                       ) -> torch.Tensor:
         assert isinstance(module, nn.ReLU6)  # the hook is registered on ReLU6 modules only
-        return rule.apply(inputs[0], float(module.max_val), False)
+        return clamp(inputs[0], float(module.max_val), False)
 
     handles = [m.register_forward_hook(patched_relu6) for m in model.modules()
                if relu6 and isinstance(m, nn.ReLU6)]
@@ -267,12 +281,32 @@ class GuidedGradCAM(GradientMethod):
     Params = GuidedParams
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
-        """Guided gradient [N,3,H,W] scaled by Grad-CAM of `layer`, normalised and upsampled."""
+        """Guided gradient [N,3,H,W] scaled by Grad-CAM of `layer`, normalised and upsampled.
+
+        One forward pass through guided ReLUs (their forward is ReLU's) serves both backward passes: Grad-CAM's to
+        the layer with the guidance switched off, then the guided one to the input.
+        """
         layer = layer_or_default(model, layer, self.name)
-        activation, grad, logits, targets = layer_activation_and_grad(model, layer, images, targets, self.name)
-        cam = to_image_maps(torch.relu(GradCAM.combine(activation, grad).sum(1)), tuple(images.shape[-2:]))
-        guided = GuidedBackprop(relu6=self.params["relu6"]).attribute(model, images, targets)
-        return PixelAttribution(guided * cam[:, None].to(guided.dtype), targets, logits)
+        switch = GuidedSwitch()
+        with (frozen_model(model, keep_inplace=True),
+              layer_handed_on_as_copy(model, layer, self.name, leaf=False) as capture,
+              guided_relus(model, self.params["relu6"], switch), torch.enable_grad()):
+            x = fast_layout(images.detach()).requires_grad_(True)
+            logits = model(x)
+            activation = capture.spatial(layer, self.name)
+            targets = choose_targets(logits, targets)
+            # Images are independent in eval mode, so the gradient of the summed scores is per-image.
+            score = logits.gather(1, targets[:, None]).sum()
+            switch.guided = False
+            (layer_grad,) = torch.autograd.grad(score, activation, retain_graph=True, allow_unused=True)
+            if layer_grad is None:
+                raise LayerError(f"the class scores do not depend on layer {layer!r}; pick a layer on the path "
+                                 "to the classifier")
+            switch.guided = True
+            (guided,) = torch.autograd.grad(score, x)
+        cam = to_image_maps(torch.relu(GradCAM.combine(activation.detach(), layer_grad).sum(1)),
+                            tuple(images.shape[-2:]))
+        return PixelAttribution(guided * cam[:, None].to(guided.dtype), targets, logits.detach())
 
 
 @register
@@ -442,7 +476,7 @@ class Deconvolution(GradientMethod):
 
     def pixel_attribution(self, model, images, targets, layer=None) -> PixelAttribution:
         """The deconvnet's reconstruction [N,3,H,W] of the target score (signed)."""
-        with relus_backpropagating(model, _DeconvClamp, self.params["relu6"]):
+        with relus_backpropagating(model, _DeconvClamp.apply, self.params["relu6"]):
             grad, logits, targets = input_gradient(model, images, targets)
         return PixelAttribution(grad, targets, logits)
 
@@ -529,7 +563,8 @@ class LayerGuidedBackprop(GradientMethod):
                          targets: torch.Tensor | None) -> ChannelGradient:
         """The guided gradient [N,3,H,W] of sum |A_k| for `channel` k (or each image's most active one)."""
         layer = layer_or_default(model, layer, self.name)
-        with (frozen_model(model), capture_layer(model, layer) as capture,
+        with (frozen_model(model, keep_inplace=True),
+              layer_handed_on_as_copy(model, layer, self.name, leaf=False) as capture,
               guided_relus(model, self.params["relu6"]), torch.enable_grad()):
             x = fast_layout(images.detach()).requires_grad_(True)
             logits = model(x)
