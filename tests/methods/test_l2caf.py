@@ -214,3 +214,28 @@ def test_bad_layers_raise_layer_error(layer, match):
     with pytest.raises(LayerError, match=match):
         methods.get("l2caf_oblivious", max_iters=2).explain(net, layer, _images(1, 64))
     assert hook_count(net) == before
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_step_is_tensorflows_adam_or_plain_sgd_on_the_decaying_learning_rate(optimizer):
+    method = methods.get("l2caf_specific", optimizer=optimizer, lr=0.3, max_iters=10)
+    generator = torch.Generator().manual_seed(0)
+    params = torch.randn(3, 7, 7, generator=generator)
+    first, second = torch.zeros_like(params), torch.zeros_like(params)
+    expected = params.double()
+    m, v = torch.zeros_like(expected), torch.zeros_like(expected)
+    end = 0.0 if optimizer == "adam" else 1e-5
+    for taken in range(4):
+        grad = torch.randn(3, 7, 7, generator=generator)
+        method._step(params, grad, first, second, taken)
+        lr = (0.3 - end) * (1 - taken / 10) + end
+        g = grad.double()
+        if optimizer == "sgd":
+            expected = expected - lr * g
+        else:
+            # tf.train.AdamOptimizer: the bias corrections fold into the step size, epsilon outside the root.
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            t = taken + 1
+            expected = expected - lr * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t) * m / (v.sqrt() + 1e-8)
+        torch.testing.assert_close(params.double(), expected, rtol=1e-5, atol=1e-6)

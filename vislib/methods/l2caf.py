@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -321,7 +322,6 @@ class _L2CAF(AttributionMethod):
         # State of the rows still optimised; finished rows are dropped, so momentum cannot move them.
         rows = torch.arange(n, device=init.device)
         params, first, second = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
-        steps = torch.zeros(n, device=init.device)
         previous = torch.full((n,), _FIRST_REFERENCE, device=init.device)
         for it in range(max_iters):
             leaf = params.detach().requires_grad_(True)
@@ -346,12 +346,13 @@ class _L2CAF(AttributionMethod):
                     final[rows[done]] = params[done]
                     iterations[rows[done]] = it
                     keep = ~done
-                    rows, params, grad, first, second, steps, previous, goal = (
-                        t[keep] for t in (rows, params, grad, first, second, steps, previous, goal))
+                    rows, params, grad, first, second, previous, goal = (
+                        t[keep] for t in (rows, params, grad, first, second, previous, goal))
                     if rows.numel() == 0:
                         break
                     tail.select(image_rows[rows])
-            params, first, second, steps = self._step(params, grad, first, second, steps)
+            # Every row still optimised has taken `it` steps: rows start together and leave when they stop.
+            self._step(params, grad, first, second, it)
         final[rows] = params
         if frames is not None:
             # The frames after a row's last snapshot show its final map: the last step's, or the one it stopped at.
@@ -361,19 +362,23 @@ class _L2CAF(AttributionMethod):
         return final, iterations, frames
 
     def _step(self, params: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
-              steps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One Adam (TF form) or SGD step with a per-row linearly decaying learning rate."""
+              taken: int) -> None:
+        """One Adam (TF form) or SGD step, in place, after `taken` steps of the linearly decaying learning rate.
+
+        The schedule is a Python number (the same for every row), so a step is a handful of fused tensor ops: the
+        loop's cost is mostly per-op overhead on these small tensors.
+        """
         p = self.params
         end = 0.0 if p["optimizer"] == "adam" else _SGD_END_LR
-        lr = (p["lr"] - end) * (1 - steps / p["max_iters"]) + end
-        steps = steps + 1
-        shape = (-1,) + (1,) * (params.ndim - 1)
+        lr = (p["lr"] - end) * (1 - taken / p["max_iters"]) + end
         if p["optimizer"] == "sgd":
-            return params - lr.view(shape) * grad, first, second, steps
-        first = _ADAM_BETA1 * first + (1 - _ADAM_BETA1) * grad
-        second = _ADAM_BETA2 * second + (1 - _ADAM_BETA2) * grad * grad
-        lr = lr * (1 - _ADAM_BETA2 ** steps).sqrt() / (1 - _ADAM_BETA1 ** steps)
-        return params - lr.view(shape) * first / (second.sqrt() + _ADAM_EPS), first, second, steps
+            params.sub_(grad, alpha=lr)
+            return
+        first.mul_(_ADAM_BETA1).add_(grad, alpha=1 - _ADAM_BETA1)
+        second.mul_(_ADAM_BETA2).addcmul_(grad, grad, value=1 - _ADAM_BETA2)
+        count = taken + 1
+        lr = lr * math.sqrt(1 - _ADAM_BETA2 ** count) / (1 - _ADAM_BETA1 ** count)
+        params.addcdiv_(first, second.sqrt().add_(_ADAM_EPS), value=-lr)
 
 
 @register

@@ -3,9 +3,10 @@
 L2-CAF multiplies a layer's output by a filter hundreds of times per image and Ablation-CAM zeroes each of its
 channels in turn; both change one layer's output of a fixed input, so the layers before it need to run only once.
 Where `torch.fx` can trace the model, `cut_after` cuts the graph after the layer into a tail module that takes the
-changed output plus the cached values that cross the cut (a residual branch, `x.size(0)` of the input), and
-recomputes cheap values that are not per-image. Where tracing fails, a forward hook changes the layer's output and
-the whole net runs every call. Both tails give the same logits (tested on ResNet, EfficientNet, GoogLeNet,
+changed output plus the cached values that cross the cut (a residual branch, `x.size(0)` of the input), and recomputes
+cheap values that are not per-image; where nothing but constants crosses, the model's own forward pass (a hook keeps
+the layer's output) replaces the fx interpreter's slower one. Where tracing fails, a forward hook changes the layer's
+output and the whole net runs every call. Both tails give the same logits (tested on ResNet, EfficientNet, GoogLeNet,
 DenseNet, AlexNet, the demo net and vision transformers).
 """
 
@@ -193,11 +194,18 @@ def graph_split(model: nn.Module, layer: str, images: torch.Tensor,
     output = next(n for n in graph.nodes if n.op == "output")
     if output not in downstream:
         raise LayerError(f"the output of model does not depend on layer {layer!r}; pick a layer on its path")
-    module = fx.GraphModule(tracer.root, graph)
-    recorder = _Recorder(module, cut, downstream, images.shape[0])
-    with torch.no_grad():
-        logits = recorder.run(images)
-    output = recorder.values[cut]
+    reads = {inp for node in downstream if node is not cut for inp in node.all_input_nodes} - downstream
+    values: dict[fx.Node, object] = {}
+    per_image: dict[fx.Node, bool] = {}
+    if all(node.op == "get_attr" for node in reads):
+        # The tail reads nothing from before the cut but constants, so the model's own forward gives all it needs,
+        # without the interpreter's per-node overhead.
+        output, logits = _captured_forward(model, layer, images, method)
+    else:
+        recorder = _Recorder(fx.GraphModule(tracer.root, graph), cut, downstream, images.shape[0])
+        with torch.no_grad():
+            logits = recorder.run(images)
+        output, values, per_image = recorder.values[cut], recorder.values, recorder.per_image
     layout, activation = _spatial(model, output, layer, method)
 
     crossing: list[fx.Node] = []
@@ -210,7 +218,7 @@ def graph_split(model: nn.Module, layer: str, images: torch.Tensor,
             return None
         if node.op == "get_attr":
             constants.append(node)
-        elif recorder.per_image[node]:
+        elif per_image[node]:
             crossing.append(node)
         elif node.op == "placeholder":
             if not node.args:
@@ -233,7 +241,7 @@ def graph_split(model: nn.Module, layer: str, images: torch.Tensor,
                     return reason
     crossing_values: list[torch.Tensor] = []
     for n in crossing:
-        value = recorder.values[n]
+        value = values[n]
         assert isinstance(value, torch.Tensor)  # crossing values are per-image, which only tensors are
         crossing_values.append(value)
     tail_nodes = [n for n in graph.nodes if (n in downstream and n is not cut) or n in recomputed]
@@ -262,13 +270,28 @@ def cut_after(model: nn.Module, layer: str, images: torch.Tensor,
         log.info("%s: fx tail at layer %r (the net before it runs once)", method, layer)
         return split
     log.info("%s: hook path at layer %r (whole net every call): %s", method, layer, split)
+    output, logits = _captured_forward(model, layer, images, method)
+    layout, activation = _spatial(model, output, layer, method)
+    return HookTail(model, layer, images, layout), activation, logits
+
+
+def _captured_forward(model: nn.Module, layer: str, images: torch.Tensor, method: str) -> tuple[object, torch.Tensor]:
+    """The output of `layer` and the logits, from one forward pass without autograd.
+
+    The network after the layer gets a copy of a tensor output, so an in-place op there (densenet's
+    `F.relu(features, inplace=True)`) leaves the captured output alone.
+    """
     captured: list[object] = []
-    handle = resolve_layer(model, layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
+
+    def hook(_module: nn.Module, _inputs: tuple, output: object) -> object:
+        captured.append(output)
+        return output.clone() if isinstance(output, torch.Tensor) else None
+
+    handle = resolve_layer(model, layer).register_forward_hook(hook)
     try:
         with torch.no_grad():
             logits = model(images)
     finally:
         handle.remove()
     _called_once(layer, len(captured), method)
-    layout, activation = _spatial(model, captured[0], layer, method)
-    return HookTail(model, layer, images, layout), activation, logits
+    return captured[0], logits
