@@ -8,6 +8,7 @@ Writes benchmarks/results/attribution.md. Same model, input, batch, device and s
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import os
 import platform
@@ -43,12 +44,35 @@ PEERS = (PGC, TORCHCAM, CAPTUM)
 
 
 class Row(NamedTuple):
-    """One method's speed in images/s: vislib's and each peer's that implements it."""
+    """One method's speed in images/s: vislib's, its share of the method's limit (None: no limit stated), and each
+    peer's that implements it, in the default layout and (where measured) given a channels-last model and input."""
 
     method: str
     vislib: float
-    peers: dict[str, float]
+    peers: dict[str, tuple[float, float | None]]
     note: str
+    share: float | None = None
+
+
+class Passes(NamedTuple):
+    """The passes a method cannot avoid, per image: forwards and forward+backward passes (the limit it runs at, at
+    best, is one over their summed times)."""
+
+    forwards: int = 0
+    gradients: int = 0
+
+    def limit(self, forward_ips: float, gradient_ips: float) -> float:
+        """Images/s of these passes alone, from the speed of one forward and one forward+backward pass."""
+        return 1 / (self.forwards / forward_ips + self.gradients / gradient_ips)
+
+
+class PeerInputs(NamedTuple):
+    """What a peer is called with: the model, its `layer4` module, the batch and the few-image batch."""
+
+    net: torch.nn.Module
+    layer: torch.nn.Module
+    x: torch.Tensor
+    xs: torch.Tensor
 WORKFLOW_DEMONET = Path(__file__).parent.parent / "results" / "models" / "demonet" / "model.pt"
 
 
@@ -82,131 +106,182 @@ def pgc_guided(net, x, targets):
     return lambda: [model(x[i:i + 1].clone(), int(targets[i])) for i in range(len(x))]
 
 
-def method_rows(net, x, targets, args) -> list[Row]:
-    """Every vislib method's speed, and its peers' where they implement it."""
+def channels_last_inputs(net: torch.nn.Module, x: torch.Tensor, xs: torch.Tensor) -> PeerInputs:
+    """A channels-last copy of the model and of the batches, as a user would hand a peer them (one line each)."""
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    return PeerInputs(net_cl, net_cl.layer4, x.contiguous(memory_format=torch.channels_last),
+                      xs.contiguous(memory_format=torch.channels_last))
+
+
+def pass_speeds(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Images/s of one channels-last forward pass and of one forward+backward pass to the input (vislib's layout)."""
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    seconds = best_seconds({"forward": functools.partial(forward_only, net, channels_last),
+                            "gradient": functools.partial(input_gradient, net, channels_last)}, repeats)
+    return len(x) / seconds["forward"], len(x) / seconds["gradient"]
+
+
+def method_rows(net, x, targets, args) -> tuple[float, float, list[Row]]:
+    """The pass speeds, and every vislib method's speed and its peers' (both layouts) where they implement it."""
     layer_name = "layer4"
-    layer = models.resolve_layer(net, layer_name)
     steps, samples, repeats = args.steps, args.samples, args.repeats
     std = 0.15 * float(x.max() - x.min())
     xs, ts = x[:args.scorecam_batch], targets[:args.scorecam_batch]
     # lime and kernel_shap on a 7x7 grid (SLIC finds one superpixel in noise), handed to captum as its feature mask.
     grid_masks = methods.get("lime", segments="grid", superpixels=49).superpixels(net, xs).segments[:, None]
+    # Gradient passes of 16 images at a time: on this CPU, 64-image passes ran 9-15% slower per image.
+    per_pass = len(x)
+    forward_ips, gradient_ips = pass_speeds(net, x, repeats)
 
     def ours(name, images=x, wanted=targets, **params):
         method = methods.get(name, **params)
         return lambda: method.explain(net, layer_name, images, wanted)
 
+    def gradient_shap_baselines(p):
+        return methods.get("gradient_shap", samples=samples).draws(p.net, p.x).baselines
+
+    one_forward, one_gradient = Passes(forwards=1), Passes(gradients=1)
+    scored = Passes(forwards=1 + 512)
     specs = [
-        ("cam", ours("cam"), {}, repeats, "no peer implements plain CAM"),
-        ("gradcam", ours("gradcam"), {PGC: pgc_cam(GradCAM, net, layer, x, targets),
-                                     CAPTUM: lambda: ca.LayerGradCam(net, layer).attribute(x, target=targets)},
-         repeats, ""),
-        ("gradcampp", ours("gradcampp"), {PGC: pgc_cam(GradCAMPlusPlus, net, layer, x, targets)}, repeats, ""),
-        ("layercam", ours("layercam"), {PGC: pgc_cam(LayerCAM, net, layer, x, targets)}, repeats, ""),
-        ("hirescam", ours("hirescam"), {PGC: pgc_cam(pytorch_grad_cam.HiResCAM, net, layer, x, targets)}, repeats, ""),
+        ("cam", ours("cam"), lambda p: {}, repeats, "no peer implements plain CAM", one_forward),
+        ("gradcam", ours("gradcam"), lambda p: {PGC: pgc_cam(GradCAM, p.net, p.layer, p.x, targets),
+                                               CAPTUM: lambda: ca.LayerGradCam(p.net, p.layer).attribute(
+                                                   p.x, target=targets)},
+         repeats, "", one_forward),
+        ("gradcampp", ours("gradcampp"), lambda p: {PGC: pgc_cam(GradCAMPlusPlus, p.net, p.layer, p.x, targets)},
+         repeats, "", one_forward),
+        ("layercam", ours("layercam"), lambda p: {PGC: pgc_cam(LayerCAM, p.net, p.layer, p.x, targets)}, repeats, "",
+         one_forward),
+        ("hirescam", ours("hirescam"),
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.HiResCAM, p.net, p.layer, p.x, targets)}, repeats, "",
+         one_forward),
         ("xgradcam", ours("xgradcam"),
-         {PGC: pgc_cam(pytorch_grad_cam.XGradCAM, net, layer, x, targets),
-          TORCHCAM: torchcam_cam(torchcam.methods.XGradCAM, net, layer_name, x, targets)}, repeats, ""),
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.XGradCAM, p.net, p.layer, p.x, targets),
+                    TORCHCAM: torchcam_cam(torchcam.methods.XGradCAM, p.net, layer_name, p.x, targets)}, repeats, "",
+         one_forward),
         ("gradcam_elementwise", ours("gradcam_elementwise"),
-         {PGC: pgc_cam(pytorch_grad_cam.GradCAMElementWise, net, layer, x, targets)}, repeats, ""),
-        ("eigencam", ours("eigencam"), {PGC: pgc_cam(pytorch_grad_cam.EigenCAM, net, layer, x, targets)}, repeats,
-         "forward pass only"),
-        ("eigengradcam", ours("eigengradcam"), {PGC: pgc_cam(pytorch_grad_cam.EigenGradCAM, net, layer, x, targets)},
-         repeats, ""),
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.GradCAMElementWise, p.net, p.layer, p.x, targets)}, repeats, "",
+         one_forward),
+        ("eigencam", ours("eigencam"),
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.EigenCAM, p.net, p.layer, p.x, targets)}, repeats,
+         "forward pass only", one_forward),
+        ("eigengradcam", ours("eigengradcam"),
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.EigenGradCAM, p.net, p.layer, p.x, targets)}, repeats, "",
+         one_forward),
         ("smoothgradcampp", ours("smoothgradcampp", samples=4, noise_std=0.3, batch_size=len(x)),
-         {TORCHCAM: torchcam_cam(torchcam.methods.SmoothGradCAMpp, net, layer_name, x, targets, num_samples=4,
-                                 std=0.3)},
-         repeats, "4 noisy copies, noise std 0.3, a batch of noisy images per pass"),
+         lambda p: {TORCHCAM: torchcam_cam(torchcam.methods.SmoothGradCAMpp, p.net, layer_name, p.x, targets,
+                                           num_samples=4, std=0.3)},
+         repeats, "4 noisy copies, noise std 0.3, a batch of noisy images per pass", Passes(forwards=4)),
         # softmax over channels: pytorch-grad-cam's rule, so both compute the same maps.
         ("scorecam (exact)", ours("scorecam", xs, ts, batch_size=32, softmax="channels"),
-         {PGC: pgc_cam(ScoreCAM, net, layer, xs, ts, batch_size=32)}, 1,
-         f"{args.scorecam_batch} images (512 masked forwards each), 32 masked images per pass"),
+         lambda p: {PGC: pgc_cam(ScoreCAM, p.net, p.layer, p.xs, ts, batch_size=32)}, 1,
+         f"{args.scorecam_batch} images (512 masked forwards each), 32 masked images per pass", scored),
         ("scorecam top_channels=64", ours("scorecam", xs, ts, batch_size=32, top_channels=64, softmax="channels"),
-         {}, 1,
-         f"{args.scorecam_batch} images, 64 of 512 channels scored; no peer has top-k"),
+         lambda p: {}, 1, f"{args.scorecam_batch} images, 64 of 512 channels scored; no peer has top-k",
+         Passes(forwards=1 + 64)),
         ("ablationcam (exact)", ours("ablationcam", xs, ts, batch_size=32),
-         {PGC: pgc_cam(pytorch_grad_cam.AblationCAM, net, layer, xs, ts, batch_size=32)}, 1,
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.AblationCAM, p.net, p.layer, p.xs, ts, batch_size=32)}, 1,
          f"{args.scorecam_batch} images, 512 ablated copies each, 32 per pass; vislib runs them through the net "
-         "after layer4, pytorch-grad-cam through the whole net"),
+         "after layer4 (limit: its one forward), pytorch-grad-cam through the whole net", one_forward),
         # torchcam's rule (softmax over channels of the averaged logits) and 2 copies per mask keep the rows short.
         ("sscam (exact)", ours("sscam", xs, ts, batch_size=32, softmax="channels", samples=2, noise_std=2.0),
-         {TORCHCAM: torchcam_cam(torchcam.methods.SSCAM, net, layer_name, xs, ts, batch_size=32, num_samples=2,
-                                 std=2.0)}, 1,
-         f"{args.scorecam_batch} images, 2 noisy copies of each of 512 masks (noise std 2), 32 per pass"),
+         lambda p: {TORCHCAM: torchcam_cam(torchcam.methods.SSCAM, p.net, layer_name, p.xs, ts, batch_size=32,
+                                           num_samples=2, std=2.0)}, 1,
+         f"{args.scorecam_batch} images, 2 noisy copies of each of 512 masks (noise std 2), 32 per pass",
+         Passes(forwards=1 + 1024)),
         ("iscam (exact)", ours("iscam", xs, ts, batch_size=32, softmax="channels", steps=2),
-         {TORCHCAM: torchcam_cam(torchcam.methods.ISCAM, net, layer_name, xs, ts, batch_size=32, num_samples=2)}, 1,
-         f"{args.scorecam_batch} images, 2 scaled copies of each of 512 masks, 32 per pass"),
+         lambda p: {TORCHCAM: torchcam_cam(torchcam.methods.ISCAM, p.net, layer_name, p.xs, ts, batch_size=32,
+                                           num_samples=2)}, 1,
+         f"{args.scorecam_batch} images, 2 scaled copies of each of 512 masks, 32 per pass",
+         Passes(forwards=1 + 1024)),
         ("vanilla_gradient", ours("vanilla_gradient"),
-         {CAPTUM: lambda: ca.Saliency(net).attribute(x, target=targets)}, repeats, ""),
+         lambda p: {CAPTUM: lambda: ca.Saliency(p.net).attribute(p.x, target=targets)}, repeats, "", one_gradient),
         ("guided_backprop", ours("guided_backprop"),
-         {PGC: pgc_guided(net, x, targets), CAPTUM: lambda: ca.GuidedBackprop(net).attribute(x, target=targets)},
-         repeats,
-         "pytorch-grad-cam: one image per call"),
+         lambda p: {PGC: pgc_guided(p.net, p.x, targets),
+                    CAPTUM: lambda: ca.GuidedBackprop(p.net).attribute(p.x, target=targets)},
+         repeats, "pytorch-grad-cam: one image per call", one_gradient),
         ("guided_gradcam", ours("guided_gradcam"),
-         {CAPTUM: lambda: ca.GuidedGradCam(net, layer).attribute(x, target=targets)}, repeats, ""),
+         lambda p: {CAPTUM: lambda: ca.GuidedGradCam(p.net, p.layer).attribute(p.x, target=targets)}, repeats,
+         "vislib: one forward pass, a plain backward pass to layer4 and a guided one to the input", one_gradient),
         ("gradient_x_input", ours("gradient_x_input"),
-         {CAPTUM: lambda: ca.InputXGradient(net).attribute(x, target=targets)}, repeats, ""),
+         lambda p: {CAPTUM: lambda: ca.InputXGradient(p.net).attribute(p.x, target=targets)}, repeats, "",
+         one_gradient),
         # captum's LRP runs on resnet18 but not correctly (its relevance summed to -9e9 for a logit of 0.64 with
         # random weights: the residual `+=` and the reused ReLUs defeat its hooks): no peer; vgg16, alexnet: methods.md.
-        ("lrp", ours("lrp"), {}, repeats, "epsilon 0.01, zB first layer, batch norms folded; captum's LRP is wrong "
-                                          "on resnets (skip connections)"),
-        ("lrp alpha_beta", ours("lrp", rule="alpha_beta"), {}, repeats, "alpha 1, beta 0, zB first layer"),
-        ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=64),
-         {CAPTUM: lambda: ca.IntegratedGradients(net).attribute(x, target=targets, n_steps=steps,
-                                                               method="riemann_middle", internal_batch_size=64)},
-         max(1, repeats - 1),
-         f"{steps} steps, riemann_middle, 64 images per pass"),
-        ("smoothgrad", ours("smoothgrad", samples=samples, batch_size=64),
-         {CAPTUM: lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(x, target=targets, nt_type="smoothgrad",
-                                                                    nt_samples=samples, stdevs=std,
-                                                                    nt_samples_batch_size=max(1, 64 // len(x)))},
-         max(1, repeats - 1), f"{samples} samples of vanilla_gradient, 64 images per pass"),
-        ("deeplift", ours("deeplift"), {}, repeats,
+        ("lrp", ours("lrp"), lambda p: {}, repeats, "epsilon 0.01, zB first layer, batch norms folded; captum's LRP "
+                                                    "is wrong on resnets (skip connections)", one_gradient),
+        ("lrp alpha_beta", ours("lrp", rule="alpha_beta"), lambda p: {}, repeats, "alpha 1, beta 0, zB first layer",
+         one_gradient),
+        ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=per_pass),
+         lambda p: {CAPTUM: lambda: ca.IntegratedGradients(p.net).attribute(
+             p.x, target=targets, n_steps=steps, method="riemann_middle", internal_batch_size=per_pass)},
+         max(1, repeats - 1), f"{steps} steps, riemann_middle, {per_pass} images per pass", Passes(gradients=steps)),
+        ("smoothgrad", ours("smoothgrad", samples=samples, batch_size=per_pass),
+         lambda p: {CAPTUM: lambda: ca.NoiseTunnel(ca.Saliency(p.net)).attribute(
+             p.x, target=targets, nt_type="smoothgrad", nt_samples=samples, stdevs=std,
+             nt_samples_batch_size=max(1, per_pass // len(x)))},
+         max(1, repeats - 1), f"{samples} samples of vanilla_gradient, {per_pass} images per pass",
+         Passes(gradients=samples)),
+        ("deeplift", ours("deeplift"), lambda p: {}, repeats,
          "zero baseline; captum's DeepLift refuses torchvision's resnet18 (one ReLU module reused per block): "
-         "against it on a copy with one ReLU per use, see methods.md"),
-        ("gradient_shap", ours("gradient_shap", samples=samples, stdev=std, batch_size=64),
-         {CAPTUM: lambda: ca.GradientShap(net).attribute(
-             x, target=targets, n_samples=samples, stdevs=std,
-             baselines=methods.get("gradient_shap", samples=samples).draws(net, x).baselines)},
-         max(1, repeats - 1), f"{samples} samples, {samples} uniform baselines, 64 images per pass"),
-        ("deconvolution", ours("deconvolution"), {CAPTUM: lambda: ca.Deconvolution(net).attribute(x, target=targets)},
-         repeats, ""),
+         "against it on a copy with one ReLU per use, see methods.md", one_gradient),
+        ("gradient_shap", ours("gradient_shap", samples=samples, stdev=std, batch_size=per_pass),
+         lambda p: {CAPTUM: lambda: ca.GradientShap(p.net).attribute(
+             p.x, target=targets, n_samples=samples, stdevs=std, baselines=gradient_shap_baselines(p))},
+         max(1, repeats - 1), f"{samples} samples, {samples} uniform baselines, {per_pass} images per pass",
+         Passes(gradients=samples)),
+        ("deconvolution", ours("deconvolution"),
+         lambda p: {CAPTUM: lambda: ca.Deconvolution(p.net).attribute(p.x, target=targets)}, repeats, "",
+         one_gradient),
         ("positive_saliency", ours("positive_saliency"),
-         {CAPTUM: lambda: ca.Saliency(net).attribute(x, target=targets, abs=False).clamp_min(0)}, repeats,
-         "captum: signed Saliency, its positive part"),
-        ("layer_guided_backprop", ours("layer_guided_backprop"), {}, repeats,
-         "layer4, each image's most active channel; the original runs one image per call (not installed)"),
-        ("fullgrad", ours("fullgrad"), {PGC: pgc_cam(pytorch_grad_cam.FullGrad, net, layer, x, targets)}, repeats,
-         "every conv and batch-norm bias"),
-        ("l2caf_oblivious", ours("l2caf_oblivious"), {}, repeats,
-         "defaults (max 1000 iterations, stopping rule); no peer: see l2caf.md for the seeds' loops"),
-        ("l2caf_specific", ours("l2caf_specific"), {}, repeats, "as l2caf_oblivious"),
+         lambda p: {CAPTUM: lambda: ca.Saliency(p.net).attribute(p.x, target=targets, abs=False).clamp_min(0)},
+         repeats, "captum: signed Saliency, its positive part", one_gradient),
+        ("layer_guided_backprop", ours("layer_guided_backprop"), lambda p: {}, repeats,
+         "layer4, each image's most active channel; the original runs one image per call (not installed)",
+         one_gradient),
+        ("fullgrad", ours("fullgrad"),
+         lambda p: {PGC: pgc_cam(pytorch_grad_cam.FullGrad, p.net, p.layer, p.x, targets)}, repeats,
+         "every conv and batch-norm bias", one_gradient),
+        ("l2caf_oblivious", ours("l2caf_oblivious"), lambda p: {}, repeats,
+         "defaults (max 1000 iterations, stopping rule); no peer: see l2caf.md for the seeds' loops", one_forward),
+        ("l2caf_specific", ours("l2caf_specific"), lambda p: {}, repeats, "as l2caf_oblivious", one_forward),
         ("occlusion", ours("occlusion", xs, ts, window=32, stride=16, batch_size=64),
-         {CAPTUM: lambda: ca.Occlusion(net).attribute(xs, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16),
-                                                      baselines=0, target=ts,
-                                                      perturbations_per_eval=max(1, 64 // len(xs)))},
-         1, f"{args.scorecam_batch} images, window 32, stride 16 (170 forwards each), 64 images per pass"),
-        ("rise", ours("rise", xs, ts, masks=500, batch_size=64), {}, 1,
-         f"{args.scorecam_batch} images, 500 masks (501 forwards each); no peer implements RISE"),
+         lambda p: {CAPTUM: lambda: ca.Occlusion(p.net).attribute(
+             p.xs, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0, target=ts,
+             perturbations_per_eval=max(1, 64 // len(xs)))},
+         1, f"{args.scorecam_batch} images, window 32, stride 16 (170 forwards each), 64 images per pass",
+         Passes(forwards=1 + 169)),
+        ("rise", ours("rise", xs, ts, masks=500, batch_size=64), lambda p: {}, 1,
+         f"{args.scorecam_batch} images, 500 masks (501 forwards each); no peer implements RISE",
+         Passes(forwards=501)),
         ("lime", ours("lime", xs, ts, samples=200, segments="grid", superpixels=49, batch_size=64),
-         {CAPTUM: lambda: ca.Lime(net, interpretable_model=SkLearnRidge(alpha=1.0)).attribute(
-             xs, target=ts, baselines=0, feature_mask=grid_masks, n_samples=200, perturbations_per_eval=64)},
+         lambda p: {CAPTUM: lambda: ca.Lime(p.net, interpretable_model=SkLearnRidge(alpha=1.0)).attribute(
+             p.xs, target=ts, baselines=0, feature_mask=grid_masks, n_samples=200, perturbations_per_eval=64)},
          1, f"{args.scorecam_batch} images, 200 samples (201 forwards each), 7x7 grid superpixels, ridge 1, "
-            "64 images per pass"),
+            "64 images per pass", Passes(forwards=201)),
         ("kernel_shap", ours("kernel_shap", xs, ts, samples=200, segments="grid", superpixels=49, batch_size=64),
-         {CAPTUM: lambda: ca.KernelShap(net).attribute(xs, target=ts, baselines=0, feature_mask=grid_masks,
-                                                       n_samples=200, perturbations_per_eval=64)},
-         1, f"{args.scorecam_batch} images, 200 samples (200 forwards each), as lime"),
+         lambda p: {CAPTUM: lambda: ca.KernelShap(p.net).attribute(
+             p.xs, target=ts, baselines=0, feature_mask=grid_masks, n_samples=200, perturbations_per_eval=64)},
+         1, f"{args.scorecam_batch} images, 200 samples (200 forwards each), as lime", Passes(forwards=200)),
     ]
+    default = PeerInputs(net, net.layer4, x, xs)
+    channels_last = channels_last_inputs(net, x, xs)
     rows = []
-    for name, run_ours, peers, rounds, note in specs:
+    for name, run_ours, peers_of, rounds, note, passes in specs:
         few_images = ("scorecam", "ablationcam", "sscam", "iscam", "occlusion", "rise", "lime", "kernel_shap")
         count = args.scorecam_batch if name.startswith(few_images) else len(x)
-        seconds = best_seconds({"vislib": run_ours, **peers}, rounds)
-        net.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
-        rows.append(Row(name, count / seconds["vislib"], {peer: count / seconds[peer] for peer in peers}, note))
+        runs = {"vislib": run_ours}
+        for layout, inputs in (("default", default), ("channels_last", channels_last)):
+            runs.update({f"{peer} {layout}": run for peer, run in peers_of(inputs).items()})
+        seconds = best_seconds(runs, rounds)
+        for model in (net, channels_last.net):
+            model.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
+        peers = {peer: (count / seconds[f"{peer} default"], count / seconds[f"{peer} channels_last"])
+                 for peer in peers_of(default)}
+        ips = count / seconds["vislib"]
+        rows.append(Row(name, ips, peers, note, ips / passes.limit(forward_ips, gradient_ips)))
         print(rows[-1], flush=True)
-    return rows
+    return forward_ips, gradient_ips, rows
 
 
 VIT_SECTION = "## Vision transformer (vit_b_16)"
@@ -239,7 +314,8 @@ def vit_rows(args) -> tuple[float, list[Row]]:
     for name, run_ours, peers, note in specs:
         seconds = best_seconds({"vislib": run_ours, **peers}, args.repeats)
         net.zero_grad(set_to_none=True)
-        rows.append(Row(name, len(x) / seconds["vislib"], {peer: len(x) / seconds[peer] for peer in peers}, note))
+        rows.append(Row(name, len(x) / seconds["vislib"], {peer: (len(x) / seconds[peer], None) for peer in peers},
+                        note))
         print(rows[-1], flush=True)
     return forward, rows
 
@@ -265,19 +341,28 @@ def vit_section(forward: float, rows, args) -> list[str]:
 
 
 TABLE_HEADER = [
-    "| method | vislib img/s | "
+    "| method | vislib img/s | share of the limit | "
     + " | ".join(f"{peer} img/s" for peer in PEERS)
     + " | vislib / fastest peer | settings |",
-    "|---|---:|" + "---:|" * len(PEERS) + "---:|---|",
+    "|---|---:|---:|" + "---:|" * len(PEERS) + "---:|---|",
 ]
 
 
+def peer_cell(speeds: tuple[float, float | None] | None) -> str:
+    """A peer's speed in the default layout, and given a channels-last model and input where measured."""
+    if speeds is None:
+        return "—"
+    default, channels_last = speeds
+    return fmt(default) if channels_last is None else f"{fmt(default)} / {fmt(channels_last)}"
+
+
 def table_row(row: Row) -> str:
-    """One row of a speed table, with vislib's speed over the fastest peer's."""
-    best_peer = max(row.peers.values(), default=None)
+    """One row of a speed table, with vislib's speed over the fastest peer's (in either layout)."""
+    best_peer = max((speed for speeds in row.peers.values() for speed in speeds if speed is not None), default=None)
     ratio = f"{row.vislib / best_peer:.2f}x" if best_peer else "—"
-    peers = " | ".join(fmt(row.peers.get(peer)) for peer in PEERS)
-    return f"| {row.method} | {fmt(row.vislib)} | {peers} | {ratio} | {row.note} |"
+    peers = " | ".join(peer_cell(row.peers.get(peer)) for peer in PEERS)
+    share = "—" if row.share is None else f"{row.share:.2f}"
+    return f"| {row.method} | {fmt(row.vislib)} | {share} | {peers} | {ratio} | {row.note} |"
 
 
 def replace_section(text: str, heading: str, section: list[str]) -> str:
@@ -438,11 +523,9 @@ def main() -> None:
         targets = net(x).argmax(1)  # also the warm-up of the allocator and kernels
     ca.Saliency(net).attribute(x, target=targets)  # warm-up of the backward kernels
     net.zero_grad(set_to_none=True)
-    rows, forward = [], None
+    rows, forward, gradient = [], 0.0, 0.0
     if not args.skip_speed:
-        with torch.no_grad():
-            forward = len(x) / best_seconds({"forward": lambda: net(x)}, args.repeats)["forward"]
-        rows = method_rows(net, x, targets, args)
+        forward, gradient, rows = method_rows(net, x, targets, args)
     layouts = [] if args.skip_speed else layout_rows(args.repeats)
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -472,7 +555,16 @@ def main() -> None:
     ]
     if rows:
         lines += [
-            f"Forward pass only (the limit to compare with): **{forward:.2f} images/s**.",
+            f"One channels-last forward pass: **{forward:.2f} images/s**; one forward and backward pass to the "
+            f"input: **{gradient:.2f} images/s** (vislib's layout, parameters frozen).",
+            "",
+            "*Share of the limit*: vislib's speed over that of the passes the method cannot avoid, run alone: one "
+            "forward pass for the CAMs (their backward pass stops at layer4), L2-CAF and Ablation-CAM (whose "
+            "ablated copies run only the layers after layer4); one forward and backward pass for the gradient "
+            "methods, P of them for P steps or samples; one forward per masked, perturbed or noisy copy (plus the "
+            "unperturbed one where the method needs it) for the perturbation methods. *Peer columns*: the default "
+            "layout / given a channels-last model and input (`model.to(memory_format=torch.channels_last)`, one "
+            "line for a user); vislib / fastest peer takes the faster of the two.",
             "",
             *TABLE_HEADER,
         ]
@@ -486,7 +578,7 @@ def main() -> None:
             "On CPU, vislib runs every pass of a method on a channels-last copy of the batch "
             "(`vislib.methods.base.fast_layout`): oneDNN's native layout, faster in both directions for every "
             "architecture of the registry (random noise images; input gradient = forward and backward to the "
-            "input, parameters frozen). The peers above get the default layout, as a user would call them.",
+            "input, parameters frozen). The table above gives the peers both layouts.",
             "",
             "| model | size | batch | forward NCHW img/s | forward channels-last img/s | gradient NCHW img/s "
             "| gradient channels-last img/s |",
