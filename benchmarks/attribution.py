@@ -129,7 +129,7 @@ def method_rows(net, x, targets, args) -> tuple[float, float, list[Row]]:
     xs, ts = x[:args.scorecam_batch], targets[:args.scorecam_batch]
     # lime and kernel_shap on a 7x7 grid (SLIC finds one superpixel in noise), handed to captum as its feature mask.
     grid_masks = methods.get("lime", segments="grid", superpixels=49).superpixels(net, xs).segments[:, None]
-    # Gradient passes of 16 images at a time: on this CPU, 64-image passes ran 9-15% slower per image.
+    # Gradient passes of one batch (16 images by default): on this CPU, 64-image passes ran 9-15% slower per image.
     per_pass = len(x)
     forward_ips, gradient_ips = pass_speeds(net, x, repeats)
 
@@ -388,8 +388,9 @@ def forward_only(net: torch.nn.Module, images: torch.Tensor) -> None:
 
 
 def input_gradient(net: torch.nn.Module, images: torch.Tensor) -> None:
-    """One forward and backward pass to the input of class 0's score, parameters frozen."""
-    with frozen_model(net):
+    """One forward and backward pass to the input of class 0's score, parameters frozen, the model's in-place ReLUs
+    kept (as vislib's gradient methods run)."""
+    with frozen_model(net, keep_inplace=True):
         images = images.detach().requires_grad_(True)
         torch.autograd.grad(net(images)[:, 0].sum(), images)
 

@@ -188,26 +188,27 @@ def test_layer_activation_and_grad_matches_a_full_backward_pass():
     torch.testing.assert_close(logits, out.detach())
 
 
-def _conv_relu_net(inplace: bool) -> torch.nn.Module:
+def _conv_relu_net(inplace: bool, activation: type[torch.nn.Module] = torch.nn.ReLU) -> torch.nn.Module:
     torch.manual_seed(5)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(inplace=inplace),
-                               torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(inplace=inplace),
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), activation(inplace=inplace),
+                               torch.nn.Conv2d(6, 8, 3, padding=1), activation(inplace=inplace),
                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
 
 
+@pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.ReLU6])
 @pytest.mark.parametrize("layer", ["0", "2"])
-def test_an_in_place_relu_after_the_layer_changes_neither_activation_nor_gradient(layer):
+def test_an_in_place_relu_after_the_layer_changes_neither_activation_nor_gradient(layer, activation):
     # The gradient methods keep a model's in-place ReLUs (faster backward passes); the layer's captured output
-    # must still be its own, not the ReLU's.
-    x = torch.randn(2, 3, 10, 10)
+    # must still be its own, not the ReLU's. ReLU6 modules get the guided and deconvnet rules through a hook.
+    x = 4 * torch.randn(2, 3, 10, 10)  # large enough that some activations pass 6
     targets = torch.tensor([1, 3])
-    in_place, out_of_place = _conv_relu_net(True), _conv_relu_net(False)
+    in_place, out_of_place = _conv_relu_net(True, activation), _conv_relu_net(False, activation)
     got = layer_activation_and_grad(in_place, layer, x, targets, "gradcam")
     expected = layer_activation_and_grad(out_of_place, layer, x, targets, "gradcam")
     assert (got.activation < 0).any()  # the conv's output, before its ReLU
     torch.testing.assert_close(got.activation, expected.activation, rtol=0, atol=0)
     torch.testing.assert_close(got.grad, expected.grad, rtol=0, atol=0)
-    assert all(m.inplace for m in in_place if isinstance(m, torch.nn.ReLU))
+    assert all(m.inplace for m in in_place if isinstance(m, activation))
     for name in ("vanilla_gradient", "gradcam", "fullgrad", "guided_backprop", "deconvolution", "guided_gradcam"):
         torch.testing.assert_close(methods.get(name).explain(in_place, layer, x, targets).maps,
                                    methods.get(name).explain(out_of_place, layer, x, targets).maps, rtol=0, atol=0)

@@ -223,6 +223,23 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(arch, layer):
     torch.testing.assert_close(ours, guided * methods.to_image_maps(cam, (64, 64))[:, None])
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_guided_gradcam_at_a_relu6_layer_is_guided_backprop_times_gradcam(inplace):
+    # The layer is a ReLU6 module, whose guided rule is a forward hook like the layer's capture: the capture must
+    # see the rule's output (efficientnet_lite0's default layer, `head_activation`, is one).
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU6(inplace=inplace),
+                              torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU6(inplace=inplace),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = 4 * torch.randn(2, 3, 12, 12)
+    targets = torch.tensor([1, 2])
+    ours = methods.get("guided_gradcam").attribute(net, x, targets, "3")
+    cam = methods.get("gradcam").explain(net, "3", x, targets).maps
+    guided = methods.get("guided_backprop").attribute(net, x, targets)
+    torch.testing.assert_close(ours, guided * methods.to_image_maps(cam, (12, 12))[:, None])
+    assert ours.abs().sum() > 0
+
+
 def test_smoothgrad_is_seeded_batch_independent_and_without_noise_equals_its_base():
     net = models.load("demonet", "random")
     x = torch.randn(3, 3, 64, 64)

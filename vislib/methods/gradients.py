@@ -130,9 +130,8 @@ def relus_backpropagating(model: nn.Module, clamp: Clamp, relu6: bool = True) ->
     nn.ReLU modules call torch.nn.functional.relu, and some networks call it directly (torchvision's
     googlenet and densenet), so patching that one function covers both, including a module reused
     several times (torchvision's resnet blocks). The patch is process-wide while the block runs; a call with
-    inplace=True clamps in place, as the ReLU it replaces. A ReLU6 module that runs in place has clamped its
-    input when its hook replaces the output; clamped values lie in (0, upper) exactly where the input did, so the
-    rule's backward is the same.
+    inplace=True clamps in place, as the ReLU it replaces. nn.ReLU6 modules get the rule through a forward hook
+    that replaces their output, with their own clamp out of place for the block.
     """
     original = F.relu
 
@@ -144,8 +143,14 @@ def relus_backpropagating(model: nn.Module, clamp: Clamp, relu6: bool = True) ->
         assert isinstance(module, nn.ReLU6)  # the hook is registered on ReLU6 modules only
         return clamp(inputs[0], float(module.max_val), False)
 
-    handles = [m.register_forward_hook(patched_relu6) for m in model.modules()
-               if relu6 and isinstance(m, nn.ReLU6)]
+    relu6_modules = [m for m in model.modules() if relu6 and isinstance(m, nn.ReLU6)]
+    # The hook replaces the module's output, so the module's own clamp must not run in place: its backward would
+    # then gate the gradient too (harmless for the guided rule, wrong for the deconvnet's, which must not gate).
+    in_place = [m for m in relu6_modules if m.inplace]
+    for m in in_place:
+        m.inplace = False
+    # First among the module's hooks, so a hook that captures the layer's output (a CAM's) sees the rule's.
+    handles = [m.register_forward_hook(patched_relu6, prepend=True) for m in relu6_modules]
     F.relu = patched_relu
     try:
         yield
@@ -153,6 +158,8 @@ def relus_backpropagating(model: nn.Module, clamp: Clamp, relu6: bool = True) ->
         F.relu = original
         for handle in handles:
             handle.remove()
+        for m in in_place:
+            m.inplace = True
 
 
 CHANNEL_REDUCTIONS = ("max_abs", "sum_abs_clip99", "signed_sum")
