@@ -180,10 +180,15 @@ def test_layer_activation_and_grad_matches_a_full_backward_pass():
     targets = torch.tensor([3, 7])
     activation, grad, logits, chosen = layer_activation_and_grad(net, "layer3", x, targets, "gradcam")
     assert torch.equal(chosen, targets)
-    with frozen_model(net), capture_layer(net, "layer3") as capture:
-        out = net(x.clone().requires_grad_(True))
-        (expected,) = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), capture.activation)
-    torch.testing.assert_close(activation, capture.activation.detach())
+    # The reference runs resnet18's stages by hand, split at layer3.
+    with frozen_model(net), torch.no_grad():
+        stem = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        expected_activation = net.layer3(net.layer2(net.layer1(stem)))
+    with frozen_model(net), torch.enable_grad():
+        leaf = expected_activation.clone().requires_grad_(True)
+        out = net.fc(torch.flatten(net.avgpool(net.layer4(leaf)), 1))
+        (expected,) = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), leaf)
+    torch.testing.assert_close(activation, expected_activation)
     torch.testing.assert_close(grad, expected)
     torch.testing.assert_close(logits, out.detach())
 
@@ -209,9 +214,27 @@ def test_an_in_place_relu_after_the_layer_changes_neither_activation_nor_gradien
     torch.testing.assert_close(got.activation, expected.activation, rtol=0, atol=0)
     torch.testing.assert_close(got.grad, expected.grad, rtol=0, atol=0)
     assert all(m.inplace for m in in_place if isinstance(m, activation))
-    for name in ("vanilla_gradient", "gradcam", "fullgrad", "guided_backprop", "deconvolution", "guided_gradcam"):
-        torch.testing.assert_close(methods.get(name).explain(in_place, layer, x, targets).maps,
-                                   methods.get(name).explain(out_of_place, layer, x, targets).maps, rtol=0, atol=0)
+    # The forward-only methods and L2-CAF keep them too (forward passes ~7% faster).
+    for name in ("vanilla_gradient", "gradcam", "fullgrad", "guided_backprop", "deconvolution", "guided_gradcam",
+                 "eigencam", "scorecam", "ablationcam", "l2caf_specific", "occlusion"):
+        params = {"window": 4, "stride": 2} if name == "occlusion" else {}
+        torch.testing.assert_close(methods.get(name, **params).explain(in_place, layer, x, targets).maps,
+                                   methods.get(name, **params).explain(out_of_place, layer, x, targets).maps,
+                                   rtol=0, atol=0)
+    assert all(m.inplace for m in in_place if isinstance(m, activation))
+
+
+def test_a_captured_layer_keeps_its_own_output_when_the_net_adds_to_it_in_place():
+    # torchvision's BasicBlock adds the identity to bn2's output in place (`out += identity`), after the hook.
+    net = models.load("resnet18", "random")
+    block = net.layer4[1]
+    block_inputs: list[torch.Tensor] = []
+    handle = block.register_forward_pre_hook(lambda _module, inputs: block_inputs.append(inputs[0]))
+    with frozen_model(net, keep_inplace=True), capture_layer(net, "layer4.1.bn2") as capture, torch.no_grad():
+        net(torch.randn(2, 3, 64, 64))
+        handle.remove()
+        expected = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(block_inputs[0])))))
+    torch.testing.assert_close(capture.activation, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_default_layer_is_the_models_own():

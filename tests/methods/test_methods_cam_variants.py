@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from vislib import methods, models
 from vislib.data.dataset import CocoFormatDataset
-from vislib.methods.hooks import capture_layer, frozen_model
+from vislib.methods.hooks import frozen_model
 
 PGC_PEERS = {"hirescam": pytorch_grad_cam.HiResCAM, "xgradcam": pytorch_grad_cam.XGradCAM,
              "gradcam_elementwise": pytorch_grad_cam.GradCAMElementWise, "eigencam": pytorch_grad_cam.EigenCAM,
@@ -152,14 +152,16 @@ def test_smoothgradcampp_averages_the_gradient_powers_over_the_noisy_copies():
     explainer = methods.get("smoothgradcampp", samples=3, noise_std=0.4, seed=7, batch_size=4)
     ours = explainer.explain(net, "features.10", x, targets).maps
     noise = explainer.noise(x[:1]) * 0.4
+    outputs: list[torch.Tensor] = []
+    hook = net.features[10].register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
     for image, target, mine in zip(x, targets, ours, strict=True):
-        with frozen_model(net), capture_layer(net, "features.10") as capture:
+        with frozen_model(net):
             net(image[None])
-            activation = capture.activation[0].detach()
+            activation = outputs[-1][0].detach()
             grads = []
             for draw in noise:
                 score = net((image + draw)[None].requires_grad_(True))[0, target]
-                grads.append(torch.autograd.grad(score, capture.activation)[0][0])
+                grads.append(torch.autograd.grad(score, outputs[-1])[0][0])
         grads = torch.stack(grads).double()
         grad1, grad2, grad3 = (grads ** power for power in (1, 2, 3))
         alpha = grad2.mean(0) / (2 * grad2.mean(0) + activation.double().sum((1, 2), keepdim=True) * grad3.mean(0)
@@ -167,6 +169,7 @@ def test_smoothgradcampp_averages_the_gradient_powers_over_the_noisy_copies():
         weights = (alpha * torch.relu(grad1.mean(0))).sum((1, 2))
         expected = torch.relu((weights[:, None, None] * activation).sum(0)).float()
         torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+    hook.remove()
 
 
 def test_eigen_cams_are_their_own_eigen_smooth_and_eigencam_ignores_the_target():

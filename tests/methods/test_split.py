@@ -41,7 +41,8 @@ def test_the_tail_gives_the_whole_net_with_the_layer_output_masked_or_replaced(m
     net = models.load(arch, "random")
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     before = hook_count(net)
-    with frozen_model(net):
+    # In-place activations kept, as L2-CAF and Ablation-CAM run the cut.
+    with frozen_model(net, keep_inplace=True):
         tail, activation, logits = split.cut_after(net, layer, x, "ablationcam")
         assert tail.path == path
         cached = activation.clone()
@@ -71,3 +72,34 @@ def test_a_layer_that_runs_twice_is_refused_by_name(monkeypatch, path):
     with frozen_model(net), pytest.raises(LayerError, match=r"'layer1.0.relu' runs more than once \(2 times\) in "
                                                             r"one forward pass, so method 'ablationcam'"):
         split.cut_after(net, "layer1.0.relu", torch.randn(1, 3, 32, 32), "ablationcam")
+
+
+class _InPlaceAfterACrossingRead(torch.nn.Module):
+    """A net whose tail reads a value from before the cut that an in-place LeakyReLU then changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.cut = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.leaky = torch.nn.LeakyReLU(0.1, inplace=True)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        early = self.stem(x)
+        late = self.cut(early)
+        mixed = late * early  # reads `early` before the LeakyReLU changes it
+        return self.head((mixed + self.leaky(early)).mean((2, 3)))
+
+
+def test_a_value_an_in_place_module_changes_after_the_tail_read_it_reaches_the_tail_unchanged():
+    torch.manual_seed(0)
+    net = _InPlaceAfterACrossingRead().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = net(x)
+    with frozen_model(net, keep_inplace=True):
+        tail, activation, logits = split.cut_after(net, "cut", x, "l2caf_specific")
+        assert tail.path == "fx" and tail.crossing_all
+        torch.testing.assert_close(logits, expected)
+        with torch.no_grad(), tail.attached():
+            torch.testing.assert_close(tail(torch.ones(2, 1, *activation.shape[-2:])), expected)
+    assert net.leaky.inplace

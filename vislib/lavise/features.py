@@ -145,7 +145,7 @@ def cache_features(model: nn.Module, layer: str, targets: ConceptTargets, out_di
     failed: dict[int, str] = {}
     shape: tuple[int, int, int] | None = None
     outside_crop = 0
-    with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+    with frozen_model(model, keep_inplace=True), capture_layer(model, layer) as capture, torch.no_grad():
         for shard_start in range(0, len(targets.images), shard_size):
             rows: list[torch.Tensor] = []
             image_index: list[int] = []
@@ -428,7 +428,8 @@ class AugmentedItemReader:
         if not read:
             return torch.zeros(0, self.cache.in_features), torch.zeros(0, 0, dtype=torch.bool)
         images = self.prep.normalize(torch.stack([r[0] for r in read])).to(self.device)
-        with frozen_model(self.model), capture_layer(self.model, self.layer) as capture, torch.no_grad():
+        with (frozen_model(self.model, keep_inplace=True), capture_layer(self.model, self.layer) as capture,
+              torch.no_grad()):
             self.model(images)
             act = capture.spatial(self.layer, "lavise").float()
         counts = torch.tensor([len(r[1]) for r in read])

@@ -164,7 +164,7 @@ def _masked_image_features(model: nn.Module, layer: str, cache: FeatureCache, im
                           for i in image_pos])
     # Zero in normalised space is the dataset mean colour, the neutral value for the network.
     images = prep.normalize(pixels) * keep[:, None].to(pixels.dtype)
-    with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+    with frozen_model(model, keep_inplace=True), capture_layer(model, layer) as capture, torch.no_grad():
         model(images.to(device))
         return capture.spatial(layer, "lavise").float().cpu()
 

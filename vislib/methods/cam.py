@@ -296,7 +296,7 @@ class EigenCAM(_FirstComponentCAM):
     name = "eigencam"
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
-        with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+        with frozen_model(model, keep_inplace=True), capture_layer(model, layer) as capture, torch.no_grad():
             logits = model(fast_layout(images))
         activation = capture.spatial(layer, self.name)
         return WeightedActivations(activation, choose_targets(logits, targets), logits)
@@ -339,7 +339,7 @@ class SmoothGradCAMPlusPlus(CAMMethod):
         return noise.to(images.device, images.dtype)
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
-        with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+        with frozen_model(model, keep_inplace=True), capture_layer(model, layer) as capture, torch.no_grad():
             logits = model(fast_layout(images))
         activation = capture.spatial(layer, self.name).detach()
         targets = choose_targets(logits, targets)
@@ -374,7 +374,12 @@ class SmoothGradCAMPlusPlus(CAMMethod):
 
 def _linear_head(model: nn.Module, layer: str, activation: torch.Tensor,
                  logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of the linear layer that maps the global average of `activation` to the logits."""
+    """The maps global pooling averages, from `activation`, and the weight of the linear layer that maps their
+    average to the logits.
+
+    The pooled maps are the layer's output or, where the net applies a ReLU between the layer and the pooling
+    (densenet's `F.relu(features)`), its positive part; whichever reproduces the logits is taken.
+    """
     channels = activation.shape[1]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == channels
                and m.out_features == logits.shape[1]]
@@ -382,10 +387,11 @@ def _linear_head(model: nn.Module, layer: str, activation: torch.Tensor,
         head = linears[-1]
         weight = head.weight.detach()
         bias = head.bias.detach() if head.bias is not None else torch.zeros_like(logits[0])
-        predicted = activation.mean(dim=(2, 3)) @ weight.T + bias
         scale = logits.abs().amax().clamp_min(1.0)
-        if torch.allclose(predicted, logits, rtol=1e-3, atol=1e-4 * float(scale)):
-            return weight, bias
+        for pooled in (activation, activation.clamp_min(0)):
+            predicted = pooled.mean(dim=(2, 3)) @ weight.T + bias
+            if torch.allclose(predicted, logits, rtol=1e-3, atol=1e-4 * float(scale)):
+                return pooled, weight
     raise LayerError(
         f"method 'cam' needs a layer whose global average feeds the final linear layer directly; "
         f"on {getattr(model, 'vislib_name', type(model).__name__)} layer {layer!r} does not. "
@@ -400,12 +406,12 @@ class CAM(CAMMethod):
     name = "cam"
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
-        with frozen_model(model), capture_layer(model, layer) as capture, torch.no_grad():
+        with frozen_model(model, keep_inplace=True), capture_layer(model, layer) as capture, torch.no_grad():
             logits = model(fast_layout(images))
         activation = capture.spatial(layer, self.name)
         targets = choose_targets(logits, targets)
-        weight, _ = _linear_head(model, layer, activation, logits)
-        return WeightedActivations(weight[targets][:, :, None, None] * activation, targets, logits)
+        pooled, weight = _linear_head(model, layer, activation, logits)
+        return WeightedActivations(weight[targets][:, :, None, None] * pooled, targets, logits)
 
 
 SCORECAM_SOFTMAX = ("classes", "channels")
@@ -452,7 +458,7 @@ class ScoreCAM(CAMMethod):
                           "ones (pytorch-cnn-visualizations)", choices=SCORECAM_INIT)
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
-        with frozen_model(model), torch.no_grad():
+        with frozen_model(model, keep_inplace=True), torch.no_grad():
             with capture_layer(model, layer) as capture:
                 logits = model(fast_layout(images))
             activation = capture.spatial(layer, self.name)
@@ -599,7 +605,7 @@ class AblationCAM(CAMMethod):
                                   "channel, exact)", minimum=0)
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
-        with frozen_model(model), torch.no_grad():
+        with frozen_model(model, keep_inplace=True), torch.no_grad():
             tail, activation, logits = split.cut_after(model, layer, images, self.name)
             targets = choose_targets(logits, targets)
             channels = top_channels(activation, self.params["top_channels"])

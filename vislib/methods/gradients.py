@@ -53,7 +53,7 @@ def input_gradient(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
 
 def unperturbed_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits [N,K] of the images, for methods whose gradient passes see only perturbed copies."""
-    with frozen_model(model), torch.no_grad():
+    with frozen_model(model, keep_inplace=True), torch.no_grad():
         return model(fast_layout(images))
 
 

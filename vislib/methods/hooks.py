@@ -45,35 +45,44 @@ def _token_major_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[
 
 
 @contextlib.contextmanager
+def in_place_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the model's in-place activations (ReLU, Hardtanh, Dropout, ...) out of place for the block."""
+    modules = [m for m in model.modules() if isinstance(m, _HasInplace) and m.inplace is True]
+    for m in modules:
+        m.inplace = False
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.inplace = True
+
+
+@contextlib.contextmanager
 def frozen_model(model: nn.Module, keep_inplace: bool = False) -> Iterator[nn.Module]:
     """Turn off parameter grads and in-place activations for the block; restore both afterwards.
 
     In-place ReLUs would overwrite a hooked activation that autograd still needs. `keep_inplace` leaves them on, for
-    callers that hook no layer's output or hand the network a copy of it: a backward pass through out-of-place ReLUs
-    ran ~5% slower (resnet18, 224 px, batch 16, CPU), since autograd then keeps both sides of every ReLU.
+    callers that hook no layer's output, hand the network a copy of it or keep one (`capture_layer`): out-of-place
+    ReLUs ran a backward pass ~5% slower (resnet18, 224 px, batch 16, CPU), since autograd then keeps both sides of
+    every ReLU, and 64-image forward passes ~7% slower (occlusion: the ReLUs' own time was 4x).
     Batch-first attention modules get their inputs stored token-major for the block (`_token_major_inputs`), which
     frozen weights would otherwise slow.
     """
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    inplace_modules = [] if keep_inplace else [m for m in model.modules()
-                                                if isinstance(m, _HasInplace) and m.inplace is True]
     was_training = model.training
     for p, _ in grad_flags:
         p.requires_grad_(False)
-    for m in inplace_modules:
-        m.inplace = False
     model.eval()
     handles = [m.register_forward_pre_hook(_token_major_inputs, with_kwargs=True) for m in model.modules()
                if isinstance(m, nn.MultiheadAttention) and m.batch_first]
     try:
-        yield model
+        with contextlib.nullcontext() if keep_inplace else in_place_off(model):
+            yield model
     finally:
         for handle in handles:
             handle.remove()
         for p, flag in grad_flags:
             p.requires_grad_(flag)
-        for m in inplace_modules:
-            m.inplace = True
         model.train(was_training)
 
 
@@ -100,12 +109,14 @@ class LayerCapture:
 
 @contextlib.contextmanager
 def capture_layer(model: nn.Module, layer: str) -> Iterator[LayerCapture]:
-    """Record the output of `layer` on each forward; the hook is removed on exit, even on errors."""
+    """Record a copy of the output of `layer` on each forward, so an in-place op after the layer (an in-place ReLU,
+    resnet's `out += identity` after a batch norm) leaves it alone; the hook is removed on exit, even on errors."""
     module = resolve_layer(model, layer)
     capture = LayerCapture()
 
     def hook(_module, _inputs, output):
-        capture.activation = spatial_view(model, layer, output if isinstance(output, torch.Tensor) else output[0])
+        capture.activation = spatial_view(model, layer,
+                                          output if isinstance(output, torch.Tensor) else output[0]).clone()
 
     handle = module.register_forward_hook(hook)
     try:

@@ -232,7 +232,7 @@ class _L2CAF(AttributionMethod):
         # One row per (image, class) to optimise; the oblivious objective needs one per image.
         per_image = classes if self.specific else 1
         image_rows = torch.arange(n, device=images.device).repeat_interleave(per_image)
-        with frozen_model(model):
+        with frozen_model(model, keep_inplace=True):
             tail, activation, logits = _prepare(model, layer, images, self.name)
             targets = choose_targets(logits, targets)
             with torch.enable_grad(), tail.attached():

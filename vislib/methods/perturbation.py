@@ -67,7 +67,7 @@ class PerturbationMethod(AttributionMethod):
     uses_layer = False
 
     def _explain(self, model, layer, images, targets) -> Attribution:
-        with frozen_model(model), torch.no_grad():
+        with frozen_model(model, keep_inplace=True), torch.no_grad():
             logits = model(fast_layout(images))
             targets = choose_targets(logits, targets)
             scores = target_scores(logits, targets, self.params["score"])

@@ -23,7 +23,7 @@ from torch import nn
 
 from vislib.errors import LayerError
 from vislib.methods.base import fast_layout
-from vislib.methods.hooks import LayerCapture
+from vislib.methods.hooks import LayerCapture, in_place_off
 from vislib.models.layout import Layout, layer_layout
 from vislib.models.registry import resolve_layer
 
@@ -203,7 +203,10 @@ def graph_split(model: nn.Module, layer: str, images: torch.Tensor,
         output, logits = _captured_forward(model, layer, images, method)
     else:
         recorder = _Recorder(fx.GraphModule(tracer.root, graph), cut, downstream, images.shape[0])
-        with torch.no_grad():
+        # The recorder keeps references: an in-place module would change a value the tail reads after the recorder
+        # took it (the tail would see the changed value where the net read it unchanged). A value changed in place
+        # is a separate node out of place.
+        with torch.no_grad(), in_place_off(model):
             logits = recorder.run(images)
         output, values, per_image = recorder.values[cut], recorder.values, recorder.per_image
     layout, activation = _spatial(model, output, layer, method)
