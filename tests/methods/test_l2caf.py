@@ -147,10 +147,12 @@ def test_an_affine_tail_is_replaced_by_its_logit_columns(arch, layer, path):
             torch.testing.assert_close(tail(masks), graph(masks), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("finalizer", ["l2", "softmax", "gauss"])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_affine_columns_give_the_graph_tail_result(demonet, monkeypatch, name):
+def test_affine_columns_give_the_graph_tail_result(demonet, monkeypatch, name, finalizer):
+    # l2 and softmax: the closed-form gradient against autograd through the graph tail; gauss: autograd on both.
     x = _images(4, 64)
-    method = methods.get(name, max_iters=100, check_every=10)
+    method = methods.get(name, max_iters=100, check_every=10, finalizer=finalizer)
     columns = method.explain(demonet, "features.14", x)
     monkeypatch.setattr(l2caf, "_is_affine", lambda tail: False)
     graph = method.explain(demonet, "features.14", x)

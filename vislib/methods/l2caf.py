@@ -100,16 +100,59 @@ class _AffineTail:
                 masks[:, :, p] = 1
                 columns.append(tail(masks.view(n, 1, h, w)) - bias)
         self._bias_all, self._columns_all = bias, torch.stack(columns, 1)
-        self._bias, self._columns = self._bias_all, self._columns_all
+        # The selected rows' logits with every mask 0 [n,K] and their columns [n,P,K].
+        self.bias, self.columns = self._bias_all, self._columns_all
 
     def select(self, rows: torch.Tensor) -> None:
-        self._bias, self._columns = self._bias_all[rows], self._columns_all[rows]
+        self.bias, self.columns = self._bias_all[rows], self._columns_all[rows]
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        return self._bias + torch.bmm(masks.flatten(1)[:, None], self._columns)[:, 0]
+        return self.bias + torch.bmm(masks.flatten(1)[:, None], self.columns)[:, 0]
 
     def attached(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext(self)
+
+
+class _AffineGradient:
+    """d loss / d free variables in closed form on an affine tail, for the l2 and softmax finalizers.
+
+    With C the rows' logit columns [n,P,K] (P = h*w positions), d loss / d mask is `linear + quadratic @ mask`: for
+    the specific loss (logits . goal) C goal and no quadratic term, for the oblivious one (mean squared change of
+    the K logits from `goal`) 2/K C (bias - goal) and 2/K C C^T. A step is then a few ops on [n,P] tensors where
+    autograd's graph took ~0.5 ms (resnet18 layer4, 16 images: a third of the method's time).
+    """
+
+    def __init__(self, tail: _AffineTail, goal: torch.Tensor, specific: bool, finalizer: str) -> None:
+        self.finalizer = finalizer
+        columns = tail.columns
+        self.quadratic: torch.Tensor | None = None
+        if specific:
+            self.linear = torch.bmm(columns, goal[:, :, None])[:, :, 0]
+        else:
+            scale = 2 / goal.shape[1]
+            self.linear = torch.bmm(columns, (tail.bias - goal)[:, :, None])[:, :, 0] * scale
+            self.quadratic = torch.bmm(columns, columns.transpose(1, 2)) * scale
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the terms of rows `rows` (a boolean mask over the current rows) only."""
+        self.linear = self.linear[rows]
+        if self.quadratic is not None:
+            self.quadratic = self.quadratic[rows]
+
+    def __call__(self, params: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """d loss / d params [n,h,w] at `params` and the masks [n,h,w] they give."""
+        flat = masks.flatten(1)
+        mask_gradient = self.linear
+        if self.quadratic is not None:
+            mask_gradient = mask_gradient + torch.bmm(self.quadratic, flat[:, :, None])[:, :, 0]
+        along = (flat * mask_gradient).sum(1, keepdim=True)
+        if self.finalizer == "l2":
+            # f = v / |v|: df/dv g = (g - f (f.g)) / |v|.
+            grad = (mask_gradient - flat * along) / params.flatten(1).norm(dim=1, keepdim=True)
+        else:
+            # f = softmax(v): df/dv g = f * (g - f.g).
+            grad = flat * (mask_gradient - along)
+        return grad.view_as(params)
 
 
 # Ops that keep a tail affine in its input (modules in eval mode, which frozen_model guarantees).
@@ -117,6 +160,8 @@ _AFFINE_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear, nn
 _AFFINE_FUNCTIONS = {torch.flatten, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d,
                      torch.nn.functional.linear}
 _SHAPE_METHODS = {"view", "reshape", "flatten", "size", "squeeze", "unsqueeze", "contiguous"}
+# Finalizers whose gradient `_affine_losses_and_grad` writes out; the Gaussian's goes through autograd.
+_CLOSED_FORM_FINALIZERS = ("l2", "softmax")
 # Above this the per-position logit columns would take more memory than the tail they replace is worth.
 _AFFINE_MAX_BYTES = 256 * 2**20
 
@@ -323,9 +368,18 @@ class _L2CAF(AttributionMethod):
         rows = torch.arange(n, device=init.device)
         params, first, second = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
         previous = torch.full((n,), _FIRST_REFERENCE, device=init.device)
+        gradient = (_AffineGradient(tail, goal, self.specific, p["finalizer"])
+                    if isinstance(tail, _AffineTail) and p["finalizer"] in _CLOSED_FORM_FINALIZERS else None)
         for it in range(max_iters):
-            leaf = params.detach().requires_grad_(True)
-            masks = self._masks(leaf, grid)
+            if gradient is not None:
+                masks = self._masks(params, grid)
+                grad = gradient(params, masks)
+            else:
+                leaf = params.detach().requires_grad_(True)
+                masks = self._masks(leaf, grid)
+                losses = self._losses(tail(masks[:, None]), goal)
+                # Rows are independent, so the gradient of the sum is each row's own gradient.
+                (grad,) = torch.autograd.grad(losses.sum(), leaf)
             if self.on_step is not None:
                 self.on_step(it, masks.detach(), rows)
             if record and it % record == 0:
@@ -334,11 +388,9 @@ class _L2CAF(AttributionMethod):
                     frames = heat.new_zeros(n, (max_iters - 1) // record + 2, *heat.shape[1:])
                 frames[rows, it // record] = heat
                 recorded[rows] += 1
-            losses = self._losses(tail(masks[:, None]), goal)
-            # Rows are independent, so the gradient of the sum is each row's own gradient.
-            (grad,) = torch.autograd.grad(losses.sum(), leaf)
             if it % check_every == 0:
-                losses = losses.detach()
+                # The closed form needs no losses between checks.
+                losses = (self._losses(tail(masks[:, None]), goal) if gradient is not None else losses).detach()
                 done = (losses - previous).abs() < threshold
                 previous = losses
                 if bool(done.any()):
@@ -348,6 +400,8 @@ class _L2CAF(AttributionMethod):
                     keep = ~done
                     rows, params, grad, first, second, previous, goal = (
                         t[keep] for t in (rows, params, grad, first, second, previous, goal))
+                    if gradient is not None:
+                        gradient.keep(keep)
                     if rows.numel() == 0:
                         break
                     tail.select(image_rows[rows])
