@@ -73,6 +73,11 @@ class PeerInputs(NamedTuple):
     layer: torch.nn.Module
     x: torch.Tensor
     xs: torch.Tensor
+
+
+# The gradient passes of the multi-pass gradient methods see only perturbed copies; the images' own logits come
+# from one more forward pass, which the limit counts.
+UNPERTURBED = "vislib also runs one forward pass of the images (their predicted classes), which captum skips"
 WORKFLOW_DEMONET = Path(__file__).parent.parent / "results" / "models" / "demonet" / "model.pt"
 
 
@@ -215,21 +220,22 @@ def method_rows(net, x, targets, args) -> tuple[float, float, list[Row]]:
         ("integrated_gradients", ours("integrated_gradients", steps=steps, batch_size=per_pass),
          lambda p: {CAPTUM: lambda: ca.IntegratedGradients(p.net).attribute(
              p.x, target=targets, n_steps=steps, method="riemann_middle", internal_batch_size=per_pass)},
-         max(1, repeats - 1), f"{steps} steps, riemann_middle, {per_pass} images per pass", Passes(gradients=steps)),
+         max(1, repeats - 1), f"{steps} steps, riemann_middle, {per_pass} images per pass; {UNPERTURBED}",
+         Passes(gradients=steps, forwards=1)),
         ("smoothgrad", ours("smoothgrad", samples=samples, batch_size=per_pass),
          lambda p: {CAPTUM: lambda: ca.NoiseTunnel(ca.Saliency(p.net)).attribute(
              p.x, target=targets, nt_type="smoothgrad", nt_samples=samples, stdevs=std,
              nt_samples_batch_size=max(1, per_pass // len(x)))},
-         max(1, repeats - 1), f"{samples} samples of vanilla_gradient, {per_pass} images per pass",
-         Passes(gradients=samples)),
+         max(1, repeats - 1), f"{samples} samples of vanilla_gradient, {per_pass} images per pass; {UNPERTURBED}",
+         Passes(gradients=samples, forwards=1)),
         ("deeplift", ours("deeplift"), lambda p: {}, repeats,
          "zero baseline; captum's DeepLift refuses torchvision's resnet18 (one ReLU module reused per block): "
          "against it on a copy with one ReLU per use, see methods.md", one_gradient),
         ("gradient_shap", ours("gradient_shap", samples=samples, stdev=std, batch_size=per_pass),
          lambda p: {CAPTUM: lambda: ca.GradientShap(p.net).attribute(
              p.x, target=targets, n_samples=samples, stdevs=std, baselines=gradient_shap_baselines(p))},
-         max(1, repeats - 1), f"{samples} samples, {samples} uniform baselines, {per_pass} images per pass",
-         Passes(gradients=samples)),
+         max(1, repeats - 1), f"{samples} samples, {samples} uniform baselines, {per_pass} images per pass; "
+         f"{UNPERTURBED}", Passes(gradients=samples, forwards=1)),
         ("deconvolution", ours("deconvolution"),
          lambda p: {CAPTUM: lambda: ca.Deconvolution(p.net).attribute(p.x, target=targets)}, repeats, "",
          one_gradient),
@@ -264,7 +270,10 @@ def method_rows(net, x, targets, args) -> tuple[float, float, list[Row]]:
              p.xs, target=ts, baselines=0, feature_mask=grid_masks, n_samples=200, perturbations_per_eval=64)},
          1, f"{args.scorecam_batch} images, 200 samples (200 forwards each), as lime", Passes(forwards=200)),
     ]
-    default = PeerInputs(net, net.layer4, x, xs)
+    # models.load gives vislib channels-last weights on CPU; the peers get the default layout and, as a user could
+    # hand them, a channels-last model and batch.
+    default_net = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    default = PeerInputs(default_net, default_net.layer4, x, xs)
     channels_last = channels_last_inputs(net, x, xs)
     rows = []
     for name, run_ours, peers_of, rounds, note, passes in specs:
@@ -274,7 +283,7 @@ def method_rows(net, x, targets, args) -> tuple[float, float, list[Row]]:
         for layout, inputs in (("default", default), ("channels_last", channels_last)):
             runs.update({f"{peer} {layout}": run for peer, run in peers_of(inputs).items()})
         seconds = best_seconds(runs, rounds)
-        for model in (net, channels_last.net):
+        for model in (default_net, channels_last.net):
             model.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
         peers = {peer: (count / seconds[f"{peer} default"], count / seconds[f"{peer} channels_last"])
                  for peer in peers_of(default)}
@@ -400,12 +409,13 @@ def layout_rows(repeats: int) -> list[tuple[str, int, int, float, float, float, 
     rows = []
     for name, weights, size, batch in LAYOUT_CASES:
         torch.manual_seed(0)
-        net = models.load(name, weights)
+        net = models.load(name, weights)  # channels-last weights on CPU, as methods get them
+        default = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
         x = torch.randn(batch, 3, size, size)
         channels_last = x.contiguous(memory_format=torch.channels_last)
-        runs = {"forward": functools.partial(forward_only, net, x),
+        runs = {"forward": functools.partial(forward_only, default, x),
                 "forward_cl": functools.partial(forward_only, net, channels_last),
-                "gradient": functools.partial(input_gradient, net, x),
+                "gradient": functools.partial(input_gradient, default, x),
                 "gradient_cl": functools.partial(input_gradient, net, channels_last)}
         seconds = best_seconds(runs, repeats)
         rows.append((name, size, batch, *(batch / seconds[key] for key in runs)))
@@ -576,10 +586,11 @@ def main() -> None:
             "",
             "## Memory layout",
             "",
-            "On CPU, vislib runs every pass of a method on a channels-last copy of the batch "
-            "(`vislib.methods.base.fast_layout`): oneDNN's native layout, faster in both directions for every "
-            "architecture of the registry (random noise images; input gradient = forward and backward to the "
-            "input, parameters frozen). The table above gives the peers both layouts.",
+            "On CPU, `models.load` gives the convolution weights the channels-last layout and vislib runs every "
+            "pass of a method on a channels-last copy of the batch (`vislib.methods.base.fast_layout`): oneDNN's "
+            "native layout, faster in both directions for every architecture of the registry (NCHW: default-layout "
+            "weights and batch; random noise images; input gradient = forward and backward to the input, "
+            "parameters frozen). The table above gives the peers both layouts.",
             "",
             "| model | size | batch | forward NCHW img/s | forward channels-last img/s | gradient NCHW img/s "
             "| gradient channels-last img/s |",

