@@ -75,7 +75,7 @@ def fast_layout(images: torch.Tensor) -> torch.Tensor:
     """`images` in the memory layout that convolutions run fastest in on their device.
 
     On CPU that is channels-last, oneDNN's native layout: forward and backward passes of every
-    architecture in the registry ran 11-99% faster with it (2 cores; benchmarks/results/attribution.md).
+    architecture in the registry ran 12-129% faster with it (2 cores; benchmarks/results/attribution.md).
     On CUDA the layout is left as it is, since its effect there depends on the GPU and precision.
     """
     return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
