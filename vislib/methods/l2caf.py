@@ -160,7 +160,7 @@ _AFFINE_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear, nn
 _AFFINE_FUNCTIONS = {torch.flatten, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d,
                      torch.nn.functional.linear}
 _SHAPE_METHODS = {"view", "reshape", "flatten", "size", "squeeze", "unsqueeze", "contiguous"}
-# Finalizers whose gradient `_affine_losses_and_grad` writes out; the Gaussian's goes through autograd.
+# Finalizers whose gradient `_AffineGradient` writes out; the Gaussian's goes through autograd.
 _CLOSED_FORM_FINALIZERS = ("l2", "softmax")
 # Above this the per-position logit columns would take more memory than the tail they replace is worth.
 _AFFINE_MAX_BYTES = 256 * 2**20

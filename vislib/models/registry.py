@@ -96,12 +96,12 @@ def finish(loaded: LoadedModel, name: str, device: str | torch.device = "cpu") -
     output whose grid the class scores depend on.
     """
     module = loaded.module.eval().to(device)
-    if torch.device(device).type == "cpu" and not is_torchscript(module):
-        # Methods run the batch channels-last on CPU (methods.base.fast_layout); convolution weights in the same
-        # layout spare oneDNN a reorder of each weight on every pass.
-        module.to(memory_format=torch.channels_last)
     default_layer = loaded.default_layer
     if not is_torchscript(module):
+        if torch.device(device).type == "cpu":
+            # Methods run the batch channels-last on CPU (methods.base.fast_layout); convolution weights in the same
+            # layout spare oneDNN a reorder of each weight on every pass.
+            module.to(memory_format=torch.channels_last)
         probe = _probe(module, loaded.preprocessing.input_size, name, gradients=not default_layer)
         default_layer = default_layer or probe.default_layer()
         # The layouts go with the model, so every method reads a layer's grid the same way (models/layout.py).
