@@ -24,6 +24,12 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device)
         return (images01 - mean[:, None, None]) / std[:, None, None]
 
+    def normalize_(self, images01: torch.Tensor) -> torch.Tensor:
+        """`normalize` in place (the same arithmetic), for a batch the caller owns."""
+        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device)
+        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device)
+        return images01.sub_(mean[:, None, None]).div_(std[:, None, None])
+
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Inverse of `normalize`: model input space back to [0,1] pixels."""
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)

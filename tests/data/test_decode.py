@@ -1,5 +1,6 @@
-"""Decoding image files with PIL: every format gives the pixels an independent decoder (torchvision's) or the saved
-levels give; 16-bit greyscale keeps its levels; files that cannot be read fail with a message naming them."""
+"""Decoding image files (simplejpeg for colour and greyscale JPEGs, PIL for the rest): every format gives the pixels
+an independent decoder (torchvision's) or the saved levels give; JPEGs give PIL's pixels, as vislib read them
+before; 16-bit greyscale keeps its levels; files that cannot be read fail with PIL's message naming them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vislib.data import dataset
 from vislib.data.dataset import read_image
 from vislib.errors import ImageDecodeError
 
@@ -48,6 +50,40 @@ def test_every_format_reads_as_an_independent_decoder_reads_it(tmp_path, name):
     # Lossless formats decode to the same levels; JPEG decoders may round a level apart (one libjpeg build and
     # another), though torchvision's and Pillow's builds here agree exactly.
     assert difference.max() <= (1 if name.endswith(".jpg") else 0)
+
+
+def _real_photo_jpeg(path, **options) -> None:
+    """scikit-image's chelsea brought to ImageNet's usual 500x375 and saved as a JPEG."""
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).resize((500, 375)).save(path, quality=90, **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"subsampling": 0}, {"subsampling": 1}, {"progressive": True},
+                                     {"mode": "L"}, {"mode": "CMYK"}], ids=str)
+def test_a_jpeg_gives_pils_pixels_and_the_fast_decoder_reads_the_plain_ones(tmp_path, monkeypatch, options):
+    mode = options.pop("mode", "RGB")
+    path = tmp_path / "photo.jpg"
+    _real_photo_jpeg(path, **options)
+    if mode != "RGB":
+        Image.open(path).convert(mode).save(path, quality=90)
+    with Image.open(path) as img:
+        before = np.array(img.convert("RGB"))
+    fast_decodes = []
+    monkeypatch.setattr(dataset.simplejpeg, "decode_jpeg",
+                        _counting(dataset.simplejpeg.decode_jpeg, fast_decodes))
+    pixels = read_image(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == (375, 500, 3)
+    assert np.array_equal(pixels, before)
+    # CMYK goes to PIL, whose CMYK -> RGB rounding libjpeg-turbo's differs from by a level.
+    assert len(fast_decodes) == (0 if mode == "CMYK" else 1)
+
+
+def _counting(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+    return counted
 
 
 def test_a_16_bit_png_keeps_its_levels_scaled_to_8_bits(tmp_path):
