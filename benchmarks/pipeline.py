@@ -67,8 +67,9 @@ def previous_to_input(pixels: np.ndarray, size: int, resize: str = "stretch") ->
 
 
 def previous_load_batch(self: CocoFormatDataset, image_ids: list[int], preprocessing: Preprocessing,
-                        with_masks: bool = True) -> Batch:
-    """vislib's `load_batch` before: PIL, the float resize of each image, then the batch stacked and normalised."""
+                        with_masks: bool = True, decoders=None) -> Batch:
+    """vislib's `load_batch` before: PIL, the float resize of each image, then the batch stacked and normalised, on
+    the calling thread (`decoders` is not used)."""
     tensors, samples, failures = [], [], {}
     for image_id in image_ids:
         try:
@@ -143,22 +144,23 @@ class Preloaded(CocoFormatDataset):
         self.__dict__.update(dataset.__dict__)
         self.ready = ready
 
-    def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True) -> Batch:
+    def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True,
+                   decoders=None) -> Batch:
         return self.ready[tuple(image_ids)]
 
 
-def decode_rows(dataset: CocoFormatDataset, count: int, batch_size: int, repeats: int) -> list[str]:
-    """Milliseconds per image of reading batches, one thread: before, with PIL's decoder, and now, per resize
-    protocol."""
+def decode_rows(dataset: CocoFormatDataset, count: int, batch_size: int, repeats: int,
+                thread_counts: list[int]) -> list[str]:
+    """Milliseconds per image of reading batches: before, with PIL's decoder, and now (one thread), and now with
+    each of `thread_counts` decode threads, per resize protocol."""
     torch.set_num_threads(1)
     ids = dataset.image_ids()[:count]
-    slices = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
     rows = []
     for resize in ("stretch", "crop"):
         dataset.resize = resize
 
-        def read_all():
-            return [dataset.load_batch(s, IMAGENET) for s in slices]
+        def read_all(threads: int = 1):
+            return list(dataset.batches(ids, batch_size, IMAGENET, read_ahead=0, decode_threads=threads))
 
         def read_all_before():
             with previous_decoding():
@@ -168,9 +170,11 @@ def decode_rows(dataset: CocoFormatDataset, count: int, batch_size: int, repeats
             with pil_decoding():
                 return read_all()
 
-        best = best_seconds({"before": read_all_before, "pil": read_all_pil, "now": read_all}, repeats)
-        before, pil, now = (1000 * best[k] / len(ids) for k in ("before", "pil", "now"))
-        rows.append(f"| {resize} | {before:.2f} | {pil:.2f} | {now:.2f} | {before / now:.1f}x |")
+        threaded = {f"now {n}": partial(read_all, n) for n in thread_counts if n > 1}
+        best = best_seconds({"before": read_all_before, "pil": read_all_pil, "now": read_all, **threaded}, repeats)
+        before, pil, now, *more = (1000 * best[k] / len(ids) for k in ("before", "pil", "now", *threaded))
+        threaded_cells = "".join(f" {ms:.2f} |" for ms in more)
+        rows.append(f"| {resize} | {before:.2f} | {pil:.2f} | {now:.2f} |{threaded_cells} {before / now:.1f}x |")
     dataset.resize = "stretch"
     return rows
 
@@ -202,13 +206,14 @@ def job_row(label: str, threads: int, runs: dict[str, object], repeats: int) -> 
     return f"| {label} | {threads} | {best['decode']:.2f} | {best['compute']:.2f} | {walls} |"
 
 
-def batch_runs(dataset: CocoFormatDataset, slices: list[list[int]],
-               preprocessing: Preprocessing) -> tuple[dict[str, object], Preloaded]:
-    """A job's decode time and the dataset with its batches decoded."""
+def batch_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int, preprocessing: Preprocessing,
+               threads: int) -> tuple[dict[str, object], Preloaded]:
+    """A job's decode time with `threads` decode threads and the dataset with its batches decoded."""
     def read_all():
-        return [dataset.load_batch(s, preprocessing) for s in slices]
+        return list(dataset.batches(ids, batch_size, preprocessing, read_ahead=0, decode_threads=threads))
 
-    preloaded = Preloaded(dataset, {tuple(s): b for s, b in zip(slices, read_all(), strict=True)})
+    slices = [tuple(ids[s:s + batch_size]) for s in range(0, len(ids), batch_size)]
+    preloaded = Preloaded(dataset, dict(zip(slices, read_all(), strict=True)))
     return {"decode": read_all}, preloaded
 
 
@@ -216,7 +221,7 @@ def job_runs(job, dataset: CocoFormatDataset, preloaded: Preloaded) -> dict[str,
     """A job's compute time and its wall time before, reading each batch when asked, and reading ahead."""
     def wall_before():
         with previous_decoding():
-            return job(dataset=dataset, read_ahead=0)
+            return job(dataset=dataset, read_ahead=0, decode_threads=1)
 
     job(dataset=preloaded, read_ahead=0)  # warm-up
     return {"compute": lambda: job(dataset=preloaded, read_ahead=0), "wall before": wall_before,
@@ -229,21 +234,19 @@ def load_net(arch: str) -> torch.nn.Module:
 
 
 def explain_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int, arch: str, layer: str,
-                 method: str) -> dict[str, object]:
+                 method: str, threads: int) -> dict[str, object]:
     net = load_net(arch)
-    slices = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
-    decode, preloaded = batch_runs(dataset, slices, models.preprocessing_of(net))
-    job = partial(explain_shard, net, layer, method, {}, image_ids=ids, batch_size=batch_size)
+    decode, preloaded = batch_runs(dataset, ids, batch_size, models.preprocessing_of(net), threads)
+    job = partial(explain_shard, net, layer, method, {}, image_ids=ids, batch_size=batch_size, decode_threads=threads)
     return {**decode, **job_runs(job, dataset, preloaded)}
 
 
-def evaluate_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int) -> dict[str, object]:
+def evaluate_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int, threads: int) -> dict[str, object]:
     net = load_net("demonet")
-    slices = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
-    decode, preloaded = batch_runs(dataset, slices, models.preprocessing_of(net))
+    decode, preloaded = batch_runs(dataset, ids, batch_size, models.preprocessing_of(net), threads)
     shard = explain_shard(net, "features.14", "gradcam", {}, preloaded, ids, batch_size=batch_size)
     job = partial(evaluate_shard, shard, model=net, metric_specs=EVALUATE_METRICS, labels={"experiment": "bench"},
-                  batch_size=batch_size)
+                  batch_size=batch_size, decode_threads=threads)
     return {**decode, **job_runs(job, dataset, preloaded)}
 
 
@@ -260,7 +263,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = write_dataset(Path(tmp), args.images)
         ids = dataset.image_ids()
-        decode = decode_rows(dataset, args.decode_images, args.batch_size, args.repeats + 1)
+        decode = decode_rows(dataset, args.decode_images, args.batch_size, args.repeats + 1, args.threads)
         differences = difference_rows(dataset, args.images)
         equal = decoded_equal(dataset, args.images)
         jobs = []
@@ -268,9 +271,10 @@ def main() -> None:
             torch.set_num_threads(threads)
             for label, arch, layer, method in EXPLAIN_JOBS:
                 jobs.append(job_row(f"explain: {label}", threads,
-                                    explain_runs(dataset, ids, args.batch_size, arch, layer, method), args.repeats))
+                                    explain_runs(dataset, ids, args.batch_size, arch, layer, method, threads),
+                                    args.repeats))
             jobs.append(job_row(f"evaluate: demonet, 64 px, {', '.join(EVALUATE_METRICS)}", threads,
-                                evaluate_runs(dataset, ids, args.batch_size), args.repeats))
+                                evaluate_runs(dataset, ids, args.batch_size, threads), args.repeats))
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
                f"{'a GPU present but unused' if torch.cuda.is_available() else 'no GPU'}")
@@ -288,7 +292,7 @@ def main() -> None:
         f"Images: {args.images} generated ImageNet-sized JPEGs ({WIDTH}x{HEIGHT}, quality 90; crops of "
         "scikit-image's chelsea, coffee and astronaut, flipped and tinted).",
         "",
-        "## Decoding (one thread)",
+        "## Decoding",
         "",
         "`load_batch` in batches of the jobs' size, ImageNet normalisation, 224 px input, ms per image: decode, "
         "resize, float conversion, normalisation and the ground truth. Before: PIL's decode and RGB conversion, "
@@ -296,10 +300,13 @@ def main() -> None:
         "normalised. PIL decode: today's `load_batch` with PIL's decoder. Now: libjpeg-turbo through simplejpeg "
         "straight into an array (PIL's pixels), the resize on the uint8 image (torch's uint8 kernel, as "
         "torchvision's `resize`), then one float conversion and an in-place normalisation of the whole batch. "
-        f"{args.decode_images} images a round, best of {args.repeats + 1} rounds; speed-up: before over now.",
+        "One thread, except the columns \"now, N threads\": `decode_threads=N`, the images of each batch decoded by "
+        f"N threads (wall time per image). {args.decode_images} images a round, best of {args.repeats + 1} rounds; "
+        "speed-up: before over now, one thread.",
         "",
-        "| resize | before ms/image | PIL decode ms/image | now ms/image | speed-up |",
-        "|---|---:|---:|---:|---:|",
+        "| resize | before ms/image | PIL decode ms/image | now ms/image | "
+        + "".join(f"now, {n} threads ms/image | " for n in args.threads if n > 1) + "speed-up |",
+        "|---|---:|---:|---:|" + "---:|" * sum(n > 1 for n in args.threads) + "---:|",
         *decode,
         "",
         "## Pixels: now against before",
@@ -320,11 +327,11 @@ def main() -> None:
         "beforehand. Wall: the job as it runs, (before) with the previous decoding and each batch read when it is "
         "due, as vislib ran before; (read each) with the new decoding and `read_ahead=0`; (read ahead) with "
         "`read_ahead=1`, the default: a background thread reads the next batch while the model works. In brackets: "
-        "the wall time over max(decode, compute). torch threads: `torch.set_num_threads` of the process (the "
-        "workflow's explain and evaluate rules run with `threads: 1`); the read-ahead thread is one more thread "
-        "beside them.",
+        "the wall time over max(decode, compute). threads: `torch.set_num_threads` of the process and the job's "
+        "`decode_threads`, as the workflow gives its explain and evaluate jobs (config `job_threads`, default 1); "
+        "decode is timed with them too; the read-ahead thread is one more thread beside them.",
         "",
-        "| job | torch threads | decode s | compute s | wall before s | wall, read each s | wall, read ahead s |",
+        "| job | threads | decode s | compute s | wall before s | wall, read each s | wall, read ahead s |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *jobs,
         "",

@@ -18,7 +18,7 @@ rule evaluate:
         Paths.log("evaluate", SHARD_JOB),
     benchmark:
         Paths.benchmark("evaluate", SHARD_JOB)
-    threads: 1
+    threads: config["job_threads"]
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.

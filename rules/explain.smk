@@ -21,7 +21,7 @@ rule explain:
         Paths.log("explain", SHARD_JOB),
     benchmark:
         Paths.benchmark("explain", SHARD_JOB)
-    threads: 1
+    threads: config["job_threads"]
     resources:
         gpu=GPU,
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.

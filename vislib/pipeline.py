@@ -70,9 +70,10 @@ def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
 
 def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_params: dict[str, Any],
                   dataset: CocoFormatDataset, image_ids: Sequence[int], target_mode: str = "label",
-                  batch_size: int = 32, top_k: int = 1, read_ahead: int = 1) -> HeatmapShard:
+                  batch_size: int = 32, top_k: int = 1, read_ahead: int = 1, decode_threads: int = 1) -> HeatmapShard:
     """Run one attribution method over a shard of images, in batches; undecodable images are recorded. The next
-    `read_ahead` batches are read while the method works on this one (`CocoFormatDataset.batches`).
+    `read_ahead` batches are read, each by `decode_threads` threads, while the method works on this one
+    (`CocoFormatDataset.batches`).
 
     With `top_k` > 1 the shard also records the model's `top_k` classes of each image (extra `topk`, [N,k]) and,
     under `target_mode` predicted, the map of each image's label where the label is one of those classes but not
@@ -88,7 +89,8 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
     recorded: dict[str, list[np.ndarray]] = {}
     seconds = 0.0
     progress = Progress(len(image_ids), f"explain {method_name}")
-    for batch in dataset.batches(image_ids, batch_size, models.preprocessing_of(model), read_ahead=read_ahead):
+    for batch in dataset.batches(image_ids, batch_size, models.preprocessing_of(model), read_ahead=read_ahead,
+                                 decode_threads=decode_threads):
         progress.update(len(batch.samples) + len(batch.failures))
         failures.update(batch.failures)
         if not batch.samples:
@@ -154,10 +156,11 @@ def _top_k_extras(model: torch.nn.Module, layer: str, method: methods.Attributio
 
 def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch.nn.Module,
                    metric_specs: dict[str, dict[str, Any]], labels: dict[str, Any], batch_size: int = 32,
-                   read_ahead: int = 1) -> pa.Table:
+                   read_ahead: int = 1, decode_threads: int = 1) -> pa.Table:
     """Score a heatmap shard with each metric: one row per (image, metric), failures as NaN with a reason.
 
-    Images are scored `batch_size` at a time while the next `read_ahead` batches are read; each metric joins its
+    Images are scored `batch_size` at a time while the next `read_ahead` batches are read (each by
+    `decode_threads` threads); each metric joins its
     batches' results (`Metric.join_batches`), so the rows do not depend on the batch size.
     """
     preprocessing = models.preprocessing_of(model)
@@ -172,7 +175,8 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
     samples: list[Sample] = []
     parts: dict[str, list[metrics.MetricResult]] = {name: [] for name in metric_objects}
     progress = Progress(n_ok, "evaluate")
-    batches = dataset.batches(shard_image_ids, batch_size, preprocessing, read_ahead=read_ahead)
+    batches = dataset.batches(shard_image_ids, batch_size, preprocessing, read_ahead=read_ahead,
+                              decode_threads=decode_threads)
     for first, batch in zip(range(0, n_ok, batch_size), batches, strict=True):
         decoded = {s.image_id for s in batch.samples}
         batch_keep = [i for i in range(first, min(first + batch_size, n_ok)) if shard_image_ids[i] in decoded]

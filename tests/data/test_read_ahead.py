@@ -1,6 +1,6 @@
 """Reading ahead: the next batch is read while the caller works on this one, at most `read_ahead` batches ahead,
-with the same batches, order, failures and errors as reading each batch when asked; explain and evaluate jobs give
-the same results with it."""
+its images decoded by one or more threads, with the same batches, order, failures and errors as reading each batch
+when asked on the caller's thread; explain and evaluate jobs give the same results with it."""
 
 from __future__ import annotations
 
@@ -87,11 +87,11 @@ def shapes_with_bad_files(tmp_path):
     return CocoFormatDataset("shapes", tmp_path, "val")
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 20])
-def test_batches_read_ahead_are_the_batches_read_when_asked(shapes_with_bad_files, batch_size):
+@pytest.mark.parametrize("batch_size,decode_threads", [(1, 1), (4, 1), (20, 1), (4, 3), (20, 2)])
+def test_batches_read_ahead_are_the_batches_read_when_asked(shapes_with_bad_files, batch_size, decode_threads):
     dataset = shapes_with_bad_files
     ids = dataset.image_ids()
-    ahead = list(dataset.batches(ids, batch_size, DEMO_PREPROCESSING, read_ahead=2))
+    ahead = list(dataset.batches(ids, batch_size, DEMO_PREPROCESSING, read_ahead=2, decode_threads=decode_threads))
     asked = [dataset.load_batch(ids[start:start + batch_size], DEMO_PREPROCESSING)
              for start in range(0, len(ids), batch_size)]
     assert len(ahead) == len(asked) == -(-len(ids) // batch_size)
@@ -108,18 +108,43 @@ def test_explain_and_evaluate_give_the_same_results_with_and_without_reading_ahe
     ids = dataset.image_ids()
     ahead = explain_shard(net, "features.14", "gradcam", {}, dataset, ids, batch_size=2, read_ahead=1)
     asked = explain_shard(net, "features.14", "gradcam", {}, dataset, ids, batch_size=2, read_ahead=0)
+    threaded = explain_shard(net, "features.14", "gradcam", {}, dataset, ids, batch_size=2, read_ahead=1,
+                             decode_threads=2)
     assert ahead.image_ids.tolist() == asked.image_ids.tolist() == [i for i in ids if i not in (2, 7)]
     np.testing.assert_array_equal(ahead.maps, asked.maps)
-    assert ahead.failed_ids.tolist() == asked.failed_ids.tolist() == [2, 7]
-    assert ahead.failed_reasons == asked.failed_reasons
+    np.testing.assert_array_equal(threaded.maps, asked.maps)
+    assert ahead.failed_ids.tolist() == asked.failed_ids.tolist() == threaded.failed_ids.tolist() == [2, 7]
+    assert ahead.failed_reasons == asked.failed_reasons == threaded.failed_reasons
 
     # An image that breaks between the two jobs: a row with a reason, wherever it falls in the batches.
     (dataset.root / "images" / "val" / "000005.png").write_bytes(b"broken since")
     # MaxBoxAcc's value depends on the other images (the threshold best over them): it joins its batches.
     specs = {"pointing_game": {}, "maxboxacc": {"thresholds": 10}, "deletion_auc": {"step": 0.25}}
     labels = {"experiment": "e"}
-    in_batches, at_once = [evaluate_shard(ahead, dataset, net, specs, labels, batch_size=size,
-                                          read_ahead=read_ahead).to_pandas() for size, read_ahead in [(2, 2), (100, 0)]]
+    in_batches, at_once = [evaluate_shard(ahead, dataset, net, specs, labels, batch_size=size, read_ahead=read_ahead,
+                                          decode_threads=threads).to_pandas()
+                           for size, read_ahead, threads in [(2, 2, 3), (100, 0, 1)]]
     assert in_batches[in_batches["image_id"] == 5]["reason"].eq("image failed to decode").all()
     assert len(in_batches) == len(specs) * len(ids)
     pd.testing.assert_frame_equal(in_batches, at_once, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_decoded_by_several_threads_uses_them(shapes_with_bad_files, monkeypatch):
+    from vislib.data import dataset as dataset_module
+
+    threads = set()
+    original = dataset_module.read_image
+
+    def read_and_record(path):
+        threads.add(threading.current_thread().name)
+        return original(path)
+
+    monkeypatch.setattr(dataset_module, "read_image", read_and_record)
+    ids = shapes_with_bad_files.image_ids()
+    list(shapes_with_bad_files.batches(ids, 9, DEMO_PREPROCESSING, read_ahead=0, decode_threads=3))
+    assert threads and all(name.startswith("vislib-decode") for name in threads)
+
+
+def test_decode_threads_below_one_are_refused(shapes_with_bad_files):
+    with pytest.raises(DataError, match="decode_threads must be at least 1, got 0"):
+        next(shapes_with_bad_files.batches([1], 1, DEMO_PREPROCESSING, decode_threads=0))

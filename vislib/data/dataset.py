@@ -6,7 +6,7 @@ import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -255,17 +255,19 @@ class CocoFormatDataset:
         return Sample(image_id, rec.label, boxes[kept], rec.box_labels[kept], None if masks is None else masks[kept],
                       attributes, int((~kept).sum()), original, self.has_boxes)
 
-    def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True) -> Batch:
-        """Decode, resize and normalise images; images that fail to decode are reported, not raised."""
+    def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True,
+                   decoders: Executor | None = None) -> Batch:
+        """Decode, resize and normalise images, on the `decoders` pool's threads where one is given; images that
+        fail to decode are reported, not raised."""
         size = preprocessing.input_size
+        read = functools.partial(self._read_resized, size=size)
+        outcomes = list(decoders.map(read, image_ids)) if decoders else [read(image_id) for image_id in image_ids]
         resized, samples, failures = [], [], {}
-        for image_id in image_ids:
-            try:
-                pixels = read_image(self.record(image_id).path)
-            except ImageDecodeError as exc:
-                failures[image_id] = str(exc)
+        for image_id, outcome in zip(image_ids, outcomes, strict=True):
+            if isinstance(outcome, str):
+                failures[image_id] = outcome
                 continue
-            resized.append(resize_to_input(pixels, size, self.resize))
+            resized.append(outcome)
             samples.append(self.sample(image_id, size, with_masks))
         # One float conversion and an in-place normalisation for the batch, in to_input's and normalize's arithmetic:
         # per image, the float copies and their temporaries cost as much as the resize.
@@ -273,13 +275,29 @@ class CocoFormatDataset:
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         return Batch(preprocessing.normalize_(images), labels, samples, failures)
 
+    def _read_resized(self, image_id: int, size: int) -> torch.Tensor | str:
+        """One image as `resize_to_input` gives it, or why it cannot be decoded."""
+        try:
+            return resize_to_input(read_image(self.record(image_id).path), size, self.resize)
+        except ImageDecodeError as exc:
+            return str(exc)
+
     def batches(self, image_ids: Sequence[int], batch_size: int, preprocessing: Preprocessing,
-                with_masks: bool = True, read_ahead: int = 1) -> Iterator[Batch]:
+                with_masks: bool = True, read_ahead: int = 1, decode_threads: int = 1) -> Iterator[Batch]:
         """`load_batch` over consecutive `batch_size` slices of `image_ids`, in order, with the next `read_ahead`
-        batches read by a background thread while the caller works on the current one (0: read each when asked)."""
+        batches read by a background thread while the caller works on the current one (0: read each when asked),
+        each batch's images decoded by `decode_threads` threads."""
+        if decode_threads < 1:
+            raise DataError(f"decode_threads must be at least 1, got {decode_threads}")
         slices = [list(image_ids[start:start + batch_size]) for start in range(0, len(image_ids), batch_size)]
-        return read_in_order([functools.partial(self.load_batch, ids, preprocessing, with_masks) for ids in slices],
-                             read_ahead)
+        decoders = (ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="vislib-decode")
+                    if decode_threads > 1 else None)
+        try:
+            yield from read_in_order([functools.partial(self.load_batch, ids, preprocessing, with_masks, decoders)
+                                      for ids in slices], read_ahead)
+        finally:
+            if decoders is not None:
+                decoders.shutdown(wait=True, cancel_futures=True)
 
 
 Loaded = TypeVar("Loaded")
