@@ -14,10 +14,12 @@ from torch import nn
 from vislib.errors import LayerError
 from vislib.methods import split
 from vislib.methods.base import (
+    PRECISIONS,
     Attribution,
     AttributionMethod,
     choose_targets,
     fast_layout,
+    forward_precision,
     register,
 )
 from vislib.methods.hooks import LayerCapture, capture_layer, frozen_model
@@ -456,6 +458,9 @@ class ScoreCAM(CAMMethod):
                              "of its logits (pytorch-grad-cam)", choices=SCORECAM_SOFTMAX)
         init: str = param("zeros", "value the weighted sum starts from before the ReLU: zeros (the paper) or "
                           "ones (pytorch-cnn-visualizations)", choices=SCORECAM_INIT)
+        precision: str = param("float32", "number format of the masked forward passes: float32, or bfloat16 "
+                               "under autocast (faster on GPUs with bfloat16 tensor cores; docs/methods.md gives "
+                               "the difference it makes)", choices=PRECISIONS)
 
     def weighted_activations(self, model, layer, images, targets) -> WeightedActivations:
         with frozen_model(model, keep_inplace=True), torch.no_grad():
@@ -522,7 +527,9 @@ class ScoreCAM(CAMMethod):
                     masks = variants.scales[variant, None, None] * masks
                 if variants.offsets is not None:
                     masks = masks + variants.offsets[variant]
-            logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype))).float()
+            with forward_precision(images.device, self.params["precision"]):
+                logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype)))
+            logits = logits.float()
             if probabilities:
                 logits = torch.softmax(logits, dim=1)
             scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]

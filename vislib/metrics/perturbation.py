@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vislib.methods.base import fast_layout
+from vislib.methods.base import PRECISIONS, fast_layout, forward_precision
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register
 from vislib.params import param, with_defaults
 
@@ -60,13 +60,15 @@ def _probability_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def target_probability(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                       max_batch: int) -> torch.Tensor:
-    """Softmax probability of each image's target class, in forwards of at most `max_batch` images."""
+                       max_batch: int, precision: str = "float32") -> torch.Tensor:
+    """Softmax probability of each image's target class, in forwards of at most `max_batch` images run in
+    `precision` (`forward_precision`)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(images), max_batch):
-            logits = model(fast_layout(images[start:start + max_batch]))
-            out.append(_probability_of(logits, targets[start:start + max_batch]))
+            with forward_precision(images.device, precision):
+                logits = model(fast_layout(images[start:start + max_batch]))
+            out.append(_probability_of(logits.float(), targets[start:start + max_batch]))
     return torch.cat(out)
 
 
@@ -79,6 +81,9 @@ class BatchParams:
     """Parameters of the metrics that run the model on perturbed images."""
 
     max_batch: int = param(64, "perturbed images per forward pass", minimum=1)
+    precision: str = param("float32", "number format of the forward passes: float32, or bfloat16 under autocast "
+                           "(faster on GPUs with bfloat16 tensor cores; docs/methods.md gives the difference it "
+                           "makes)", choices=PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ class _Curve(Metric):
     curve_column = CURVE_COLUMN
 
     def settings(self, image_size: int) -> dict:
-        return {"perturbation_step": float(self.params["step"]), "perturbation_baseline": self.params["baseline"]}
+        return {"perturbation_step": float(self.params["step"]), "perturbation_baseline": self.params["baseline"],
+                "forward_precision": self.params["precision"]}
 
     def fractions(self) -> np.ndarray:
         """Share of pixels moved at each point of the curve, 0 to 1."""
@@ -126,8 +132,9 @@ class _Curve(Metric):
                 image_index, step_index = pairs[start:start + max_batch].unbind(1)
                 moved = rank[image_index] < counts[step_index].view(-1, 1, 1, 1)
                 perturbed = torch.where(moved, move_to[image_index], start_from[image_index])
-                logits = model(fast_layout(perturbed))
-                probs.append(_probability_of(logits, batch.targets[image_index]))
+                with forward_precision(images.device, self.params["precision"]):
+                    logits = model(fast_layout(perturbed))
+                probs.append(_probability_of(logits.float(), batch.targets[image_index]))
         return torch.cat(probs).reshape(n, len(counts))
 
     def compute(self, batch: MetricInput) -> MetricResult:
@@ -162,9 +169,12 @@ class _Confidence(Metric):
 
     Params = BatchParams
 
+    def settings(self, image_size: int) -> dict:
+        return {"forward_precision": self.params["precision"]}
+
     def probabilities(self, batch: MetricInput) -> tuple[np.ndarray, np.ndarray]:
         """(original, explanation-only) target probabilities, computed once per batch for both metrics."""
-        key = ("confidence", int(self.params["max_batch"]))
+        key = ("confidence", int(self.params["max_batch"]), self.params["precision"])
         if key not in batch.shared:
             batch.shared[key] = self._probabilities(batch)
         return batch.shared[key]
@@ -178,7 +188,7 @@ class _Confidence(Metric):
         else:
             masked = preprocessing.normalize(preprocessing.denormalize(images) * maps)
         both = target_probability(model, torch.cat([images, masked]), torch.cat([batch.targets] * 2),
-                                  int(self.params["max_batch"])).double().cpu().numpy()
+                                  int(self.params["max_batch"]), self.params["precision"]).double().cpu().numpy()
         return both[:len(images)], both[len(images):]
 
 
