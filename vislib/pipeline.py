@@ -63,6 +63,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`images` on `device`; from pinned memory (a CUDA job's batches) the copy does not wait for the GPU, and
+    the kernels queued after it on the same stream see it complete."""
+    return images.to(device, non_blocking=images.is_pinned())
+
+
 def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
     """Load a model described by the workflow's model spec (a `models:` entry with its weights resolved)."""
     return models.load_spec(spec, resolve_device(device))
@@ -90,12 +96,12 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
     seconds = 0.0
     progress = Progress(len(image_ids), f"explain {method_name}")
     for batch in dataset.batches(image_ids, batch_size, models.preprocessing_of(model), read_ahead=read_ahead,
-                                 decode_threads=decode_threads):
+                                 decode_threads=decode_threads, pin_memory=device.type == "cuda"):
         progress.update(len(batch.samples) + len(batch.failures))
         failures.update(batch.failures)
         if not batch.samples:
             continue
-        images = batch.images.to(device)
+        images = to_device(batch.images, device)
         wanted = batch.labels.to(device) if target_mode == "label" else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -176,7 +182,7 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
     parts: dict[str, list[metrics.MetricResult]] = {name: [] for name in metric_objects}
     progress = Progress(n_ok, "evaluate")
     batches = dataset.batches(shard_image_ids, batch_size, preprocessing, read_ahead=read_ahead,
-                              decode_threads=decode_threads)
+                              decode_threads=decode_threads, pin_memory=device.type == "cuda")
     for first, batch in zip(range(0, n_ok, batch_size), batches, strict=True):
         decoded = {s.image_id for s in batch.samples}
         batch_keep = [i for i in range(first, min(first + batch_size, n_ok)) if shard_image_ids[i] in decoded]
@@ -214,7 +220,7 @@ def _score_batch(batch: Batch, shard: HeatmapShard, keep: list[int], size: int, 
     image_maps = methods.to_image_maps(torch.from_numpy(raw), (size, size))
     # Normalising would turn a map with NaN into a constant one; keep it NaN so metrics record why.
     image_maps[torch.from_numpy(~np.isfinite(raw).reshape(len(keep), -1).all(1))] = float("nan")
-    metric_input = metrics.MetricInput(image_maps.to(device), batch.images.to(device),
+    metric_input = metrics.MetricInput(image_maps.to(device), to_device(batch.images, device),
                                        torch.from_numpy(shard.targets[keep]).to(device), batch.samples, model,
                                        torch.from_numpy(shard.predicted[keep]).to(device))
     _add_top_k(metric_input, shard, keep, size, metric_objects.values())

@@ -167,6 +167,7 @@ def test_parameters_of_the_wrong_type_are_refused(method, params, message):
         methods.get(method, **params)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_cuda_gives_the_cpu_maps(method):

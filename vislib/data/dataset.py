@@ -256,9 +256,10 @@ class CocoFormatDataset:
                       attributes, int((~kept).sum()), original, self.has_boxes)
 
     def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True,
-                   decoders: Executor | None = None) -> Batch:
+                   decoders: Executor | None = None, pin_memory: bool = False) -> Batch:
         """Decode, resize and normalise images, on the `decoders` pool's threads where one is given; images that
-        fail to decode are reported, not raised."""
+        fail to decode are reported, not raised. `pin_memory` (CUDA only) puts the images in page-locked memory,
+        from which `.to(device, non_blocking=True)` copies without holding up the caller."""
         size = preprocessing.input_size
         read = functools.partial(self._read_resized, size=size)
         outcomes = list(decoders.map(read, image_ids)) if decoders else [read(image_id) for image_id in image_ids]
@@ -273,7 +274,8 @@ class CocoFormatDataset:
         # per image, the float copies and their temporaries cost as much as the resize.
         images = torch.stack(resized).float().div_(255.0) if resized else torch.zeros(0, 3, size, size)
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-        return Batch(preprocessing.normalize_(images), labels, samples, failures)
+        images = preprocessing.normalize_(images)
+        return Batch(images.pin_memory() if pin_memory else images, labels, samples, failures)
 
     def _read_resized(self, image_id: int, size: int) -> torch.Tensor | str:
         """One image as `resize_to_input` gives it, or why it cannot be decoded."""
@@ -283,18 +285,19 @@ class CocoFormatDataset:
             return str(exc)
 
     def batches(self, image_ids: Sequence[int], batch_size: int, preprocessing: Preprocessing,
-                with_masks: bool = True, read_ahead: int = 1, decode_threads: int = 1) -> Iterator[Batch]:
+                with_masks: bool = True, read_ahead: int = 1, decode_threads: int = 1,
+                pin_memory: bool = False) -> Iterator[Batch]:
         """`load_batch` over consecutive `batch_size` slices of `image_ids`, in order, with the next `read_ahead`
         batches read by a background thread while the caller works on the current one (0: read each when asked),
-        each batch's images decoded by `decode_threads` threads."""
+        each batch's images decoded by `decode_threads` threads (and pinned there, with `pin_memory`)."""
         if decode_threads < 1:
             raise DataError(f"decode_threads must be at least 1, got {decode_threads}")
         slices = [list(image_ids[start:start + batch_size]) for start in range(0, len(image_ids), batch_size)]
         decoders = (ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="vislib-decode")
                     if decode_threads > 1 else None)
         try:
-            yield from read_in_order([functools.partial(self.load_batch, ids, preprocessing, with_masks, decoders)
-                                      for ids in slices], read_ahead)
+            yield from read_in_order([functools.partial(self.load_batch, ids, preprocessing, with_masks, decoders,
+                                                        pin_memory) for ids in slices], read_ahead)
         finally:
             if decoders is not None:
                 decoders.shutdown(wait=True, cancel_futures=True)
