@@ -1,7 +1,7 @@
 """Attribution speed: every vislib method against pytorch-grad-cam and captum, plus Score-CAM top-k.
 
-Run: python benchmarks/attribution.py [--batch 16] [--size 224] [--repeats 3] [--demonet CHECKPOINT]
-Writes benchmarks/results/attribution.md. Same model, input, batch, device and settings for all.
+Run: python benchmarks/attribution.py [--batch 16] [--size 224] [--repeats 3] [--demonet CHECKPOINT] [--device cuda]
+Writes benchmarks/results/attribution.md (--out). Same model, input, batch, device and settings for all.
 `--vit-only` measures only the vision-transformer rows (vit_b_16) and replaces their section of that file.
 """
 
@@ -27,7 +27,7 @@ from captum._utils.models.linear_model import SkLearnRidge  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform  # noqa: E402
-from timing import best_seconds  # noqa: E402
+from timing import best_seconds, synchronize  # noqa: E402
 
 from vislib import methods, models  # noqa: E402
 from vislib.data.dataset import CocoFormatDataset  # noqa: E402
@@ -39,6 +39,7 @@ from vislib.methods.postprocess import normalize_maps  # noqa: E402
 from vislib.training import TrainConfig, train_classifier  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "attribution.md"
+DEVICE = torch.device("cpu")  # --device: where every model, batch and timing runs
 PGC, TORCHCAM, CAPTUM = "pytorch-grad-cam", "torchcam", "captum"
 PEERS = (PGC, TORCHCAM, CAPTUM)
 
@@ -107,7 +108,7 @@ def torchcam_cam(cls, net, layer_name, x, targets, **options):
 
 def pgc_guided(net, x, targets):
     """pytorch-grad-cam's guided backprop: one image per call, as its API takes."""
-    model = GuidedBackpropReLUModel(net, device="cpu")
+    model = GuidedBackpropReLUModel(net, device=DEVICE)
     return lambda: [model(x[i:i + 1].clone(), int(targets[i])) for i in range(len(x))]
 
 
@@ -122,7 +123,7 @@ def pass_speeds(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[fl
     """Images/s of one channels-last forward pass and of one forward+backward pass to the input (vislib's layout)."""
     channels_last = x.contiguous(memory_format=torch.channels_last)
     seconds = best_seconds({"forward": functools.partial(forward_only, net, channels_last),
-                            "gradient": functools.partial(input_gradient, net, channels_last)}, repeats)
+                            "gradient": functools.partial(input_gradient, net, channels_last)}, repeats, DEVICE)
     return len(x) / seconds["forward"], len(x) / seconds["gradient"]
 
 
@@ -282,7 +283,7 @@ def method_rows(net, x, targets, args) -> tuple[float, float, list[Row]]:
         runs = {"vislib": run_ours}
         for layout, inputs in (("default", default), ("channels_last", channels_last)):
             runs.update({f"{peer} {layout}": run for peer, run in peers_of(inputs).items()})
-        seconds = best_seconds(runs, rounds)
+        seconds = best_seconds(runs, rounds, DEVICE)
         for model in (default_net, channels_last.net):
             model.zero_grad(set_to_none=True)  # the peers leave parameter gradients behind
         peers = {peer: (count / seconds[f"{peer} default"], count / seconds[f"{peer} channels_last"])
@@ -299,15 +300,15 @@ VIT_SECTION = "## Vision transformer (vit_b_16)"
 def vit_rows(args) -> tuple[float, list[Row]]:
     """Forward img/s and the method rows on torchvision's vit_b_16."""
     torch.manual_seed(0)
-    net = models.load("vit_b_16", "random")
+    net = models.load("vit_b_16", "random", DEVICE)
     # torchvision starts the head at zeros (every gradient 0): a seeded random head, as tests/methods/test_vit.py.
     torch.nn.init.normal_(net.heads.head.weight, std=0.02)
     layer_name = net.vislib_default_layer
     layer = models.resolve_layer(net, layer_name)
-    x = torch.randn(args.vit_batch, 3, 224, 224)
+    x = torch.randn(args.vit_batch, 3, 224, 224, device=DEVICE)
     with torch.no_grad():
         targets = net(x).argmax(1)
-        forward = len(x) / best_seconds({"forward": lambda: net(x)}, args.repeats)["forward"]
+        forward = len(x) / best_seconds({"forward": lambda: net(x)}, args.repeats, DEVICE)["forward"]
 
     def ours(name):
         method = methods.get(name)
@@ -321,7 +322,7 @@ def vit_rows(args) -> tuple[float, list[Row]]:
     ]
     rows = []
     for name, run_ours, peers, note in specs:
-        seconds = best_seconds({"vislib": run_ours, **peers}, args.repeats)
+        seconds = best_seconds({"vislib": run_ours, **peers}, args.repeats, DEVICE)
         net.zero_grad(set_to_none=True)
         rows.append(Row(name, len(x) / seconds["vislib"], {peer: (len(x) / seconds[peer], None) for peer in peers},
                         note))
@@ -335,11 +336,10 @@ def vit_section(forward: float, rows, args) -> list[str]:
         VIT_SECTION,
         "",
         f"torchvision's vit_b_16 (random weights, a seeded random head), 224x224 noise images, batch "
-        f"{args.vit_batch}, CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"no GPU), torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.1f} (2 cores shared with "
-        f"other work). Best of {args.repeats} rounds, the implementations alternating within a round; targets "
-        "given (the predicted classes). Layer methods read the default layer, the last block's first norm, whose "
-        "tokens vislib views as a [N,768,14,14] map (docs/methods.md, Vision transformers). These rows alone: "
+        f"{args.vit_batch}, {device_description()}, torch {torch.__version__}; load average at the end "
+        f"{os.getloadavg()[0]:.1f}. Best of {args.repeats} rounds, the implementations alternating within a round; "
+        "targets given (the predicted classes). Layer methods read the default layer, the last block's first norm, "
+        "whose tokens vislib views as a [N,768,14,14] map (docs/methods.md, Vision transformers). These rows alone: "
         f"`python benchmarks/attribution.py --vit-only --vit-batch {args.vit_batch} --repeats {args.repeats}`.",
         "",
         f"Forward pass only: **{forward:.2f} images/s**.",
@@ -409,15 +409,15 @@ def layout_rows(repeats: int) -> list[tuple[str, int, int, float, float, float, 
     rows = []
     for name, weights, size, batch in LAYOUT_CASES:
         torch.manual_seed(0)
-        net = models.load(name, weights)  # channels-last weights on CPU, as methods get them
+        net = models.load(name, weights, DEVICE)  # channels-last weights on CPU, as methods get them
         default = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
-        x = torch.randn(batch, 3, size, size)
+        x = torch.randn(batch, 3, size, size, device=DEVICE)
         channels_last = x.contiguous(memory_format=torch.channels_last)
         runs = {"forward": functools.partial(forward_only, default, x),
                 "forward_cl": functools.partial(forward_only, net, channels_last),
                 "gradient": functools.partial(input_gradient, default, x),
                 "gradient_cl": functools.partial(input_gradient, net, channels_last)}
-        seconds = best_seconds(runs, repeats)
+        seconds = best_seconds(runs, repeats, DEVICE)
         rows.append((name, size, batch, *(batch / seconds[key] for key in runs)))
         print(rows[-1], flush=True)
     return rows
@@ -449,8 +449,10 @@ def effective_channels(scores: torch.Tensor) -> float:
 
 def timed_maps(method, net, layer: str, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Maps of one call and its wall seconds."""
+    synchronize(DEVICE)
     tick = time.perf_counter()
     maps = method.explain(net, layer, x, targets).maps
+    synchronize(DEVICE)
     return maps, time.perf_counter() - tick
 
 
@@ -482,13 +484,13 @@ def trained_demonet(checkpoint: str | None, workdir: Path, n_images: int) -> tup
     train, val = (CocoFormatDataset("shapes", root, split) for split in ("train", "val"))
     checkpoint = checkpoint or (str(WORKFLOW_DEMONET) if WORKFLOW_DEMONET.exists() else None)
     if checkpoint:
-        net = models.load("demonet", checkpoint)
+        net = models.load("demonet", checkpoint, DEVICE)
     else:
-        net = models.load("demonet", "random", num_classes=len(val.label_names))
+        net = models.load("demonet", "random", DEVICE, num_classes=len(val.label_names))
         history = train_classifier(net, train, val, TrainConfig(epochs=10))
         print(f"demonet trained: val accuracy {history['val_accuracy']:.3f}", flush=True)
     images = val.load_batch(val.image_ids()[:n_images], models.preprocessing_of(net)).images
-    return net, images
+    return net, images.to(DEVICE)
 
 
 def photos(net: torch.nn.Module, workdir: Path) -> torch.Tensor:
@@ -496,7 +498,15 @@ def photos(net: torch.nn.Module, workdir: Path) -> torch.Tensor:
     root = workdir / "photos"
     write_photos(root)
     dataset = CocoFormatDataset("photos", root, "val")
-    return dataset.load_batch(dataset.image_ids(), models.preprocessing_of(net)).images
+    return dataset.load_batch(dataset.image_ids(), models.preprocessing_of(net)).images.to(DEVICE)
+
+
+def device_description() -> str:
+    """Where the benchmark ran, for the results' header."""
+    cpu = f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}"
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name(DEVICE)} ({cpu})"
+    return f"CPU ({cpu}{', a GPU present but unused' if torch.cuda.is_available() else ', no GPU'})"
 
 
 def fmt(value: float | None) -> str:
@@ -518,18 +528,22 @@ def main() -> None:
     parser.add_argument("--vit-only", action="store_true", help="only the vit_b_16 rows, replacing their section "
                                                                 "of the results file")
     parser.add_argument("--vit-batch", type=int, default=4, help="batch of the vit_b_16 rows")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: every model, batch and timing")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vit_only:
         section = vit_section(*vit_rows(args), args)
-        write_text(RESULTS, replace_section(RESULTS.read_text() if RESULTS.exists() else "", VIT_SECTION, section))
+        write_text(args.out, replace_section(args.out.read_text() if args.out.exists() else "", VIT_SECTION, section))
         print("\n".join(section))
         return
 
     torch.manual_seed(0)
-    net = models.load("resnet18", "random")
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    net = models.load("resnet18", "random", DEVICE)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=DEVICE)
     with torch.no_grad():
         targets = net(x).argmax(1)  # also the warm-up of the allocator and kernels
     ca.Saliency(net).attribute(x, target=targets)  # warm-up of the backward kernels
@@ -541,11 +555,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         demo, demo_images = trained_demonet(args.demonet, Path(workdir), args.batch)
-        lite = models.load("efficientnet_lite0", "IMAGENET")
+        lite = models.load("efficientnet_lite0", "IMAGENET", DEVICE)
         lite_images = photos(lite, Path(workdir))
     topk = scorecam_topk_rows([
         ("demonet (trained, shapes val)", demo, "features.14", demo_images),
-        ("demonet (random, shapes val)", models.load("demonet", "random"), "features.14", demo_images),
+        ("demonet (random, shapes val)", models.load("demonet", "random", DEVICE), "features.14", demo_images),
         ("resnet18 (random, noise)", net, "layer4", x[:args.scorecam_batch]),
         ("efficientnet_lite0 (ImageNet, photos)", lite, "head_activation", lite_images),
     ])
@@ -554,8 +568,8 @@ def main() -> None:
         "# Attribution speed",
         "",
         f"`{' '.join(['python benchmarks/attribution.py', *os.sys.argv[1:]])}`: resnet18 (random weights), "
-        f"{args.size}x{args.size} noise images, batch {args.batch}, CPU ({torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}), torch {torch.__version__}; load average at the end "
+        f"{args.size}x{args.size} noise images, batch {args.batch}, {device_description()}, torch "
+        f"{torch.__version__}; load average at the end "
         f"{os.getloadavg()[0]:.1f} (a shared machine). Best of {args.repeats} rounds ({max(1, args.repeats - 1)} for "
         "integrated gradients and SmoothGrad, 1 for Score-CAM) after a warm-up forward and backward; within a "
         "round the implementations run one after the other, so load from other processes hits them alike. "
@@ -620,7 +634,7 @@ def main() -> None:
     for label, layer, channels, effective, k, speedup, mean_corr, min_corr, n in topk:
         lines.append(f"| {label} | {layer} | {n} | {channels} | {effective:.0f} | {k} | {speedup:.1f}x "
                      f"| {mean_corr:.3f} | {min_corr:.3f} |")
-    write_text(RESULTS, "\n".join(lines) + "\n")
+    write_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 from contextlib import contextmanager
 from functools import partial
@@ -41,9 +42,12 @@ RESULTS = Path(__file__).parent / "results" / "pipeline.md"
 NOTES_HEADING = "## Notes"  # a hand-written section at the end of the results file, kept when it is rewritten
 WIDTH, HEIGHT = 500, 375
 CLASSES = [f"class_{i}" for i in range(6)]
-# (label, model, layer, method) of the explain jobs: the demo net's compute is about its decode time, the case where
-# reading ahead has the most to hide. The evaluate job's compute is a few times its decode time.
-EXPLAIN_JOBS = [("demonet, 64 px, gradcam", "demonet", "features.14", "gradcam")]
+# (label, model, layer, method) of the explain jobs (--explain-models): on CPU the demo net's compute is about its
+# decode time, the case where reading ahead has the most to hide; resnet50 at 224 px is a preset's job, on a GPU.
+# The evaluate job's compute is a few times its decode time.
+EXPLAIN_JOBS = {"demonet": ("demonet, 64 px, gradcam", "demonet", "features.14", "gradcam"),
+                "resnet50": ("resnet50, 224 px, gradcam", "resnet50", "layer4", "gradcam")}
+DEVICE = torch.device("cpu")  # --device: where the jobs' models run (decoding is always on the CPU)
 WALLS = ("wall before", "wall, read each", "wall, read ahead")
 EVALUATE_METRICS = {"pointing_game": {}, "energy_pointing_game": {}, "maxboxacc": {"thresholds": 20},
                     "average_drop": {}}
@@ -67,9 +71,9 @@ def previous_to_input(pixels: np.ndarray, size: int, resize: str = "stretch") ->
 
 
 def previous_load_batch(self: CocoFormatDataset, image_ids: list[int], preprocessing: Preprocessing,
-                        with_masks: bool = True, decoders=None) -> Batch:
+                        with_masks: bool = True, decoders=None, pin_memory: bool = False) -> Batch:
     """vislib's `load_batch` before: PIL, the float resize of each image, then the batch stacked and normalised, on
-    the calling thread (`decoders` is not used)."""
+    the calling thread (`decoders` and `pin_memory` are not used)."""
     tensors, samples, failures = [], [], {}
     for image_id in image_ids:
         try:
@@ -145,7 +149,7 @@ class Preloaded(CocoFormatDataset):
         self.ready = ready
 
     def load_batch(self, image_ids: list[int], preprocessing: Preprocessing, with_masks: bool = True,
-                   decoders=None) -> Batch:
+                   decoders=None, pin_memory: bool = False) -> Batch:
         return self.ready[tuple(image_ids)]
 
 
@@ -200,7 +204,7 @@ def decoded_equal(dataset: CocoFormatDataset, count: int) -> int:
 
 def job_row(label: str, threads: int, runs: dict[str, object], repeats: int) -> str:
     """One job's decode, compute and wall times (s), each wall time also over the larger of decode and compute."""
-    best = best_seconds(runs, repeats)
+    best = best_seconds(runs, repeats, DEVICE)
     bound = max(best["decode"], best["compute"])
     walls = " | ".join(f"{best[key]:.2f} ({best[key] / bound:.2f}x)" for key in WALLS)
     return f"| {label} | {threads} | {best['decode']:.2f} | {best['compute']:.2f} | {walls} |"
@@ -230,7 +234,7 @@ def job_runs(job, dataset: CocoFormatDataset, preloaded: Preloaded) -> dict[str,
 
 
 def load_net(arch: str) -> torch.nn.Module:
-    return models.load(arch, "random", torch.device("cpu"), num_classes=len(CLASSES) if arch == "demonet" else None)
+    return models.load(arch, "random", DEVICE, num_classes=len(CLASSES) if arch == "demonet" else None)
 
 
 def explain_runs(dataset: CocoFormatDataset, ids: list[int], batch_size: int, arch: str, layer: str,
@@ -256,8 +260,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--decode-images", type=int, default=128, help="images per round of the decode timing")
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the jobs")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="the jobs' threads (torch's and the decoders')")
+    parser.add_argument("--explain-models", nargs="+", default=["demonet"], choices=sorted(EXPLAIN_JOBS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the jobs' models run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     load_at_start = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -269,22 +279,25 @@ def main() -> None:
         jobs = []
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for label, arch, layer, method in EXPLAIN_JOBS:
+            for label, arch, layer, method in (EXPLAIN_JOBS[name] for name in args.explain_models):
                 jobs.append(job_row(f"explain: {label}", threads,
                                     explain_runs(dataset, ids, args.batch_size, arch, layer, method, threads),
                                     args.repeats))
             jobs.append(job_row(f"evaluate: demonet, 64 px, {', '.join(EVALUATE_METRICS)}", threads,
                                 evaluate_runs(dataset, ids, args.batch_size, threads), args.repeats))
 
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-               f"{'a GPU present but unused' if torch.cuda.is_available() else 'no GPU'}")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+    if DEVICE.type == "cuda":
+        machine += f"jobs on {torch.cuda.get_device_name(DEVICE)}"
+    else:
+        machine += "a GPU present but unused" if torch.cuda.is_available() else "no GPU"
     if os.nice(0):
         machine += f", run at niceness {os.nice(0)} (ahead of the machine's other work)"
     lines = [
         "# Input pipeline speed",
         "",
-        f"`python benchmarks/pipeline.py --images {args.images} --batch-size {args.batch_size} --repeats "
-        f"{args.repeats}`: {machine}; torch {torch.__version__}; 1-min load average {load_at_start:.1f} at the start, "
+        f"`{' '.join(['python benchmarks/pipeline.py', *sys.argv[1:]])}`: {machine}; torch {torch.__version__}; "
+        f"1-min load average {load_at_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (a machine shared with other work: best of {args.repeats} alternating "
         "rounds). Reading ahead can only hide decoding on a core the model leaves free: with another process busy "
         "on one of the two cores, it cannot.",
@@ -323,7 +336,8 @@ def main() -> None:
         "## Jobs: wall time against the larger of decode and compute",
         "",
         f"`explain_shard` / `evaluate_shard` on {args.images} images in batches of {args.batch_size}, random weights, "
-        "CPU. Decode: `load_batch` over every batch of the job in turn. Compute: the job on batches decoded "
+        f"models on the {DEVICE.type.upper()}. Decode: `load_batch` over every batch of the job in turn (its "
+        "threads decoding). Compute: the job on batches decoded "
         "beforehand. Wall: the job as it runs, (before) with the previous decoding and each batch read when it is "
         "due, as vislib ran before; (read each) with the new decoding and `read_ahead=0`; (read ahead) with "
         "`read_ahead=1`, the default: a background thread reads the next batch while the model works. In brackets: "
@@ -337,9 +351,9 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    previous = RESULTS.read_text() if RESULTS.exists() else ""
+    previous = args.out.read_text() if args.out.exists() else ""
     notes = previous[previous.index(NOTES_HEADING):] if NOTES_HEADING in previous else ""
-    write_text(RESULTS, text + ("\n" + notes if notes else ""))
+    write_text(args.out, text + ("\n" + notes if notes else ""))
     print(text)
 
 

@@ -9,6 +9,7 @@ seconds because they do not depend on what else the machine runs. Writes
 benchmarks/results/workflow_throughput.md; a `## Notes` section at the end of that file is kept.
 
 Run: python benchmarks/workflow_throughput.py [--images 200] [--shard-size 100] [--batch-size 50] [--repeats 3]
+        [--device cuda --gpus 1] [--job-threads 1]
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ LAYER = "features.14"
 NOTES_HEADING = "## Notes"
 
 
-def bench_config(images: int, shard_size: int, batch_size: int) -> dict:
+def bench_config(images: int, shard_size: int, batch_size: int, device: str = "cpu", job_threads: int = 1) -> dict:
     """The default demo's untrained model, two methods and seven metrics on `images` shapes images."""
     return {
-        "device": "cpu", "seed": 0, "shard_size": shard_size, "batch_size": batch_size,
+        "device": device, "seed": 0, "shard_size": shard_size, "batch_size": batch_size, "job_threads": job_threads,
         "data_root": "resources/datasets",
         "datasets": {"shapes": {"kind": "shapes", "split": "val", "limit": images,
                                 "params": {"n_train": 10, "n_val": images, "image_size": 64, "seed": 0}}},
@@ -64,10 +65,12 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def snakemake(workdir: Path, cores: int, *targets: str) -> tuple[float, float]:
-    """Run the Snakefile in `workdir` for `targets`; return (wall, CPU) seconds of the whole process tree."""
+def snakemake(workdir: Path, cores: int, *targets: str, gpus: int = 0) -> tuple[float, float]:
+    """Run the Snakefile in `workdir` for `targets` (with `gpus` GPUs to share out); return (wall, CPU) seconds of
+    the whole process tree."""
     cmd = [sys.executable, "-m", "snakemake", *targets, "--snakefile", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), "--quiet", "all"]
+           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), "--quiet", "all",
+           *(["--resources", f"gpu={gpus}"] if gpus else [])]
     cpu, tick = children_cpu_seconds(), time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - tick, children_cpu_seconds() - cpu
@@ -80,18 +83,18 @@ def metric_targets(config: dict) -> list[str]:
             for m in METHODS for s in range(n_shards)]
 
 
-def workflow_seconds(workdir: Path, config: dict, cores: int) -> tuple[float, float]:
+def workflow_seconds(workdir: Path, config: dict, cores: int, gpus: int) -> tuple[float, float]:
     """(wall, CPU) seconds the workflow takes for every explain + evaluate job of the experiment."""
     for produced in ("results/bench", "benchmarks/runs"):
         shutil.rmtree(workdir / produced, ignore_errors=True)
-    return snakemake(workdir, cores, *metric_targets(config))
+    return snakemake(workdir, cores, *metric_targets(config), gpus=gpus)
 
 
 def direct_seconds(workdir: Path, config: dict) -> tuple[float, float]:
     """(wall, CPU) seconds for the same shards through explain_shard + evaluate_shard in one process."""
     cpu, tick = time.process_time(), time.perf_counter()
     spec = config["models"]["demonet_random"]
-    net = models.load(spec["arch"], spec["weights"], num_classes=spec["num_classes"])
+    net = models.load(spec["arch"], spec["weights"], torch.device(config["device"]), num_classes=spec["num_classes"])
     dataset = open_dataset("shapes", "bench", str(workdir / "resources/datasets/shapes"), "val")
     ids = dataset.image_ids()[:config["datasets"]["shapes"]["limit"]]
     specs = {name: params for name, params in (metric_spec(config, m) for m in METRICS)}
@@ -99,8 +102,9 @@ def direct_seconds(workdir: Path, config: dict) -> tuple[float, float]:
     for method in METHODS:
         for shard in range(shard_count(len(ids), size)):
             heatmaps = explain_shard(net, LAYER, method, {}, dataset, shard_ids(ids, size, shard), "label",
-                                     config["batch_size"])
-            evaluate_shard(heatmaps, dataset, net, specs, {"experiment": "bench", "method": method})
+                                     config["batch_size"], decode_threads=config["job_threads"])
+            evaluate_shard(heatmaps, dataset, net, specs, {"experiment": "bench", "method": method},
+                           decode_threads=config["job_threads"])
     return time.perf_counter() - tick, time.process_time() - cpu
 
 
@@ -134,6 +138,13 @@ def method_seconds(workdir: Path) -> float:
     return statistics.mean(load_shard(p).seconds for p in shards)
 
 
+def device_description(device: str, gpus: int) -> str:
+    """Where the jobs ran, for the results' header."""
+    if not device.startswith("cuda"):
+        return "CPU"
+    return f"{torch.cuda.get_device_name(0)}, `--resources gpu={gpus}`"
+
+
 def kept_notes(path: Path) -> str:
     """The hand-written `## Notes` section of an existing results file, or nothing."""
     if not path.exists():
@@ -153,19 +164,23 @@ def main() -> None:
                         help="default: config/config.yaml's batch_size")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="the config's device (cpu or cuda)")
+    parser.add_argument("--gpus", type=int, default=1, help="--resources gpu=N where --device is cuda")
+    parser.add_argument("--job-threads", type=int, default=1, help="the config's job_threads")
     parser.add_argument("--root", type=Path, default=Path("/tmp/vislib_throughput_bench"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "workflow_throughput.md")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = bench_config(args.images, args.shard_size, args.batch_size)
-    workdir = args.root / f"n{args.images}_s{args.shard_size}_b{args.batch_size}"
+    config = bench_config(args.images, args.shard_size, args.batch_size, args.device, args.job_threads)
+    gpus = args.gpus if args.device.startswith("cuda") else 0
+    workdir = args.root / f"n{args.images}_s{args.shard_size}_b{args.batch_size}_{args.device}"
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, args.cores, "results/image_lists/shapes.txt")
     torch.set_num_threads(args.cores)
     workflow_runs, direct_runs = [], []
     for _ in range(args.repeats):
-        workflow_runs.append(workflow_seconds(workdir, config, args.cores))
+        workflow_runs.append(workflow_seconds(workdir, config, args.cores, gpus))
         direct_runs.append(direct_seconds(workdir, config))
     (wf, wf_cpu), (direct, direct_cpu) = min(workflow_runs), min(direct_runs)
     torch_start = import_seconds("import torch")
@@ -176,7 +191,8 @@ def main() -> None:
         "# Workflow throughput vs calling vislib directly", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other work "
         f"(1-min load average at the end {os.getloadavg()[0]:.1f}), `--cores {args.cores}`, "
-        f"{args.cores} torch threads on the direct side, CPU, torch {torch.__version__}. Model demonet "
+        f"{args.cores} torch threads on the direct side, {device_description(args.device, gpus)}, job_threads "
+        f"{args.job_threads}, torch {torch.__version__}. Model demonet "
         f"(random weights, 64 px), layer {LAYER}, methods {', '.join(METHODS)}, metrics {', '.join(METRICS)}; "
         f"shard size {args.shard_size}, batch size {args.batch_size}. Fastest of {args.repeats} runs per side "
         f"(all runs, wall s: workflow {', '.join(f'{w:.1f}' for w, _ in workflow_runs)}; direct "
@@ -200,8 +216,7 @@ def main() -> None:
         f"fresh interpreter (fastest of 3): `import torch` {torch_start[0]:.2f} s wall / {torch_start[1]:.2f} s "
         f"CPU, `import vislib.jobs.explain` (torch included) {jobs_start[0]:.2f} s wall / {jobs_start[1]:.2f} s CPU; "
         "every job pays this once.", "",
-        f"Reproduce: `python benchmarks/workflow_throughput.py --images {args.images} --shard-size "
-        f"{args.shard_size} --batch-size {args.batch_size} --cores {args.cores} --repeats {args.repeats}`",
+        f"Reproduce: `{' '.join(['python benchmarks/workflow_throughput.py', *sys.argv[1:]])}`",
     ]
     text = "\n".join(lines) + "\n"
     notes = kept_notes(args.out)
