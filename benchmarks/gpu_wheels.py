@@ -68,14 +68,22 @@ def missing_on_device(roots: list[str]) -> dict[str, str]:
 
 
 def fetch(name: str, version: str, into: Path) -> None:
-    """The binary wheel for the device's platform, or one built here from the sdist (pure Python)."""
+    """The binary wheel for the device's platform, or one built here from the sdist if it is pure Python (a wheel
+    compiled here would be for this Python, not the device's)."""
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                 "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(into), f"{name}=={version}"]
-    if subprocess.run(download, capture_output=True).returncode == 0:
+    downloaded = subprocess.run(download, capture_output=True, text=True)
+    if downloaded.returncode == 0:
         return
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(into),
-                    f"{name}=={version}"], check=True)
+    with tempfile.TemporaryDirectory() as built:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", built,
+                        f"{name}=={version}"], check=True)
+        wheel = next(Path(built).glob("*.whl"))
+        if not wheel.name.endswith("-none-any.whl"):
+            sys.exit(f"{name}=={version}: no wheel for the device's Python 3.12 ({downloaded.stderr.strip()}), and "
+                     f"its sdist builds a compiled wheel ({wheel.name}) that only this Python can use")
+        shutil.move(str(wheel), into / wheel.name)
 
 
 def main() -> None:

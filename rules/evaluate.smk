@@ -21,6 +21,8 @@ rule evaluate:
     threads: config["job_threads"]
     resources:
         gpu=GPU,
+        # SLURM's --cpus-per-task: the profile's default of 1 would otherwise win over threads.
+        cpus_per_task=config["job_threads"],
         # Retries (profiles/slurm: retries) ask for more memory and time each attempt.
         mem_mb=scaled(3000),
         runtime=scaled(shard_minutes),

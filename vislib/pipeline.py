@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def resolve_device(device: str) -> torch.device:
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`images` on `device`; from pinned memory (a CUDA job's batches) the copy does not wait for the GPU, and
     the kernels queued after it on the same stream see it complete."""
-    return images.to(device, non_blocking=images.is_pinned())
+    return images.to(device, non_blocking=device.type == "cuda" and images.is_pinned())
 
 
 def load_model(spec: dict[str, Any], device: str) -> torch.nn.Module:
@@ -95,31 +96,33 @@ def explain_shard(model: torch.nn.Module, layer: str, method_name: str, method_p
     recorded: dict[str, list[np.ndarray]] = {}
     seconds = 0.0
     progress = Progress(len(image_ids), f"explain {method_name}")
-    for batch in dataset.batches(image_ids, batch_size, models.preprocessing_of(model), read_ahead=read_ahead,
-                                 decode_threads=decode_threads, pin_memory=device.type == "cuda"):
-        progress.update(len(batch.samples) + len(batch.failures))
-        failures.update(batch.failures)
-        if not batch.samples:
-            continue
-        images = to_device(batch.images, device)
-        wanted = batch.labels.to(device) if target_mode == "label" else None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        tick = time.perf_counter()
-        result = method.explain(model, layer, images, wanted)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - tick
-        maps.append(result.maps.detach().float().cpu().numpy())
-        ids.extend(batch.image_ids)
-        targets.append(result.targets.cpu().numpy())
-        predicted.append(result.predicted.cpu().numpy())
-        for key, value in result.extras.items():
-            extras.setdefault(key, []).append(torch.as_tensor(value).cpu().numpy())
-        if top_k > 1:
-            for name, array in _top_k_extras(model, layer, method, images, batch.labels.to(device), result, top_k,
-                                             target_mode).items():
-                recorded.setdefault(name, []).append(array)
+    # closing: an error in the loop stops the reading threads now, not when its traceback is freed.
+    with closing(dataset.batches(image_ids, batch_size, models.preprocessing_of(model), read_ahead=read_ahead,
+                                 decode_threads=decode_threads, pin_memory=device.type == "cuda")) as batches:
+        for batch in batches:
+            progress.update(len(batch.samples) + len(batch.failures))
+            failures.update(batch.failures)
+            if not batch.samples:
+                continue
+            images = to_device(batch.images, device)
+            wanted = batch.labels.to(device) if target_mode == "label" else None
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tick = time.perf_counter()
+            result = method.explain(model, layer, images, wanted)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - tick
+            maps.append(result.maps.detach().float().cpu().numpy())
+            ids.extend(batch.image_ids)
+            targets.append(result.targets.cpu().numpy())
+            predicted.append(result.predicted.cpu().numpy())
+            for key, value in result.extras.items():
+                extras.setdefault(key, []).append(torch.as_tensor(value).cpu().numpy())
+            if top_k > 1:
+                for name, array in _top_k_extras(model, layer, method, images, batch.labels.to(device), result, top_k,
+                                                 target_mode).items():
+                    recorded.setdefault(name, []).append(array)
     if failures:
         log.warning("%d image(s) failed to decode: %s", len(failures), "; ".join(failures.values()))
     return HeatmapShard(
@@ -181,17 +184,18 @@ def evaluate_shard(shard: HeatmapShard, dataset: CocoFormatDataset, model: torch
     samples: list[Sample] = []
     parts: dict[str, list[metrics.MetricResult]] = {name: [] for name in metric_objects}
     progress = Progress(n_ok, "evaluate")
-    batches = dataset.batches(shard_image_ids, batch_size, preprocessing, read_ahead=read_ahead,
-                              decode_threads=decode_threads, pin_memory=device.type == "cuda")
-    for first, batch in zip(range(0, n_ok, batch_size), batches, strict=True):
-        decoded = {s.image_id for s in batch.samples}
-        batch_keep = [i for i in range(first, min(first + batch_size, n_ok)) if shard_image_ids[i] in decoded]
-        if batch_keep:
-            for name, result in _score_batch(batch, shard, batch_keep, size, device, model, metric_objects).items():
-                parts[name].append(result)
-            keep.extend(batch_keep)
-            samples.extend(batch.samples)
-        progress.update(len(batch.samples) + len(batch.failures))
+    with closing(dataset.batches(shard_image_ids, batch_size, preprocessing, read_ahead=read_ahead,
+                                 decode_threads=decode_threads, pin_memory=device.type == "cuda")) as batches:
+        for first, batch in zip(range(0, n_ok, batch_size), batches, strict=True):
+            decoded = {s.image_id for s in batch.samples}
+            batch_keep = [i for i in range(first, min(first + batch_size, n_ok)) if shard_image_ids[i] in decoded]
+            if batch_keep:
+                for name, result in _score_batch(batch, shard, batch_keep, size, device, model,
+                                                 metric_objects).items():
+                    parts[name].append(result)
+                keep.extend(batch_keep)
+                samples.extend(batch.samples)
+            progress.update(len(batch.samples) + len(batch.failures))
     # Under a cropping protocol, how many objects of each image the crop cut off (they are not scored against).
     cut_off = ([{"boxes_outside_crop": s.outside_crop} for s in samples] if dataset.resize != "stretch"
                else [{} for _ in samples])

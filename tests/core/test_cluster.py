@@ -133,3 +133,22 @@ def test_every_rule_that_runs_code_has_a_log_and_a_benchmark():
     missing = [f"{name}: {part}" for name, body in working for part in ("log:", "benchmark:", "resources:")
                if f"\n    {part}" not in f"\n{body}"]
     assert not missing, missing
+
+
+@pytest.mark.workflow
+def test_job_threads_reach_the_slurm_request_of_explain_and_evaluate(tmp_path):
+    """The SLURM profile's default `cpus_per_task: 1` must not win over the config's `job_threads`: the jobs run
+    that many torch and decoding threads."""
+    config = tiny_config()
+    config["job_threads"] = 3
+    # The image-list checkpoint satisfied by hand (docs/cluster.md, "Large DAGs"), so the dry run plans the shards.
+    (tmp_path / "resources/datasets/shapes").mkdir(parents=True)
+    (tmp_path / "resources/datasets/shapes/prepared.json").write_text("{}")
+    (tmp_path / "results/image_lists").mkdir(parents=True)
+    (tmp_path / "results/image_lists/shapes.txt").write_text("\n".join(str(i) for i in range(12)) + "\n")
+    proc = snakemake(tmp_path, config, "-n", "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile",
+                     "none", "results/tiny/metrics/shapes/demonet_random/features.10/gradcam/shard_0.parquet")
+    jobs = re.findall(r"^ *rule (\w+):\n((?: {8}.*\n)+)", proc.stdout + proc.stderr, re.M)
+    requests = {name: re.search(r"cpus_per_task=(\d+)", body).group(1) for name, body in jobs
+                if name in ("explain", "evaluate")}
+    assert requests == {"explain": "3", "evaluate": "3"}, proc.stdout[-3000:]

@@ -62,6 +62,7 @@ def _real_photo_jpeg(path, **options) -> None:
 @pytest.mark.parametrize("options", [{}, {"subsampling": 0}, {"subsampling": 1}, {"progressive": True},
                                      {"mode": "L"}, {"mode": "CMYK"}], ids=str)
 def test_a_jpeg_gives_pils_pixels_and_the_fast_decoder_reads_the_plain_ones(tmp_path, monkeypatch, options):
+    options = dict(options)
     mode = options.pop("mode", "RGB")
     path = tmp_path / "photo.jpg"
     _real_photo_jpeg(path, **options)

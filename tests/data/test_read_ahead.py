@@ -148,3 +148,16 @@ def test_a_batch_decoded_by_several_threads_uses_them(shapes_with_bad_files, mon
 def test_decode_threads_below_one_are_refused(shapes_with_bad_files):
     with pytest.raises(DataError, match="decode_threads must be at least 1, got 0"):
         next(shapes_with_bad_files.batches([1], 1, DEMO_PREPROCESSING, decode_threads=0))
+
+
+def test_batches_closed_early_stop_their_threads(shapes_with_bad_files):
+    def reading_threads() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith(("vislib-decode", "vislib-read-ahead"))}
+
+    before = reading_threads()
+    ids = shapes_with_bad_files.image_ids()
+    batches = shapes_with_bad_files.batches(ids, 2, DEMO_PREPROCESSING, read_ahead=1, decode_threads=2)
+    next(batches)
+    assert reading_threads() - before  # the read-ahead thread and the decoders are at work
+    batches.close()
+    assert reading_threads() == before

@@ -17,6 +17,8 @@ from vislib.methods.base import forward_precision
 from vislib.metrics.base import MetricInput
 
 PRECISION_METRICS = {"deletion_auc": {"step": 0.1}, "insertion_auc": {"step": 0.1}, "average_drop": {}}
+# The ImageNet net's curves at fewer points: each point is a forward pass of every image in both precisions.
+COARSE = {"step": 0.25}
 
 
 def _both_precisions(net, images, targets, samples, image_maps, name, params) -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +36,15 @@ def trained_batch(trained_demonet):
     return net, val.load_batch(val.image_ids()[:8], models.preprocessing_of(net))
 
 
-def test_score_cam_in_bfloat16_stays_within_its_bound(trained_batch):
+@pytest.mark.parametrize("method,params", [("scorecam", {}), ("sscam", {"samples": 4}), ("iscam", {"steps": 4})])
+def test_score_cams_in_bfloat16_stay_within_their_bound(trained_batch, method, params):
     net, batch = trained_batch
-    full, half = (methods.get("scorecam", precision=p).explain(net, "features.14", batch.images, batch.labels).maps
-                  for p in ("float32", "bfloat16"))
+    full, half = (methods.get(method, precision=precision, **params).explain(
+        net, "features.14", batch.images, batch.labels).maps for precision in ("float32", "bfloat16"))
     assert not torch.equal(full, half)
-    # Measured: the largest difference 0.05% of the largest map value, correlation above 0.9999 on every image.
-    assert (full - half).abs().max() <= 0.005 * full.abs().max()
+    # Measured: the largest difference 0.05% (Score-CAM), 0.4% (SS-CAM), 0.13% (IS-CAM) of the largest map value,
+    # correlation above 0.9999 on every image.
+    assert (full - half).abs().max() <= 0.02 * full.abs().max()
     for a, b in zip(full.numpy(), half.numpy(), strict=True):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
 
@@ -65,9 +69,10 @@ def test_perturbation_metrics_in_bfloat16_stay_within_their_bound_on_an_imagenet
     explained = methods.get("gradcam").explain(net, None, batch.images)
     image_maps = to_image_maps(explained.maps, batch.images.shape[-2:])
     full, half = _both_precisions(net, batch.images, explained.targets, batch.samples, image_maps, name,
-                                  PRECISION_METRICS[name])
+                                  COARSE if "step" in PRECISION_METRICS[name] else {})
     assert not np.array_equal(full, half)
-    # Measured on these photos: at most 0.010 (deletion), 0.025 (insertion), 0.059 (average drop) for one image.
+    # Measured on these photos: at most 0.010 (deletion), 0.025 (insertion) at step 0.1, 0.059 (average drop) for one
+    # image.
     assert np.abs(full - half).max() <= 0.1
 
 

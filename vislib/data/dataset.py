@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +181,7 @@ def resize_to_input(pixels: np.ndarray, size: int, resize: str = "stretch") -> t
     cheaper than resizing in float, and within about a level (1.1/255) of it (docs/datasets.md).
     """
     if pixels.dtype != np.uint8:
-        raise DataError(f"to_input takes uint8 pixels (read_image's), got {pixels.dtype}")
+        raise DataError(f"resize_to_input and to_input take uint8 pixels (read_image's), got {pixels.dtype}")
     # [1,3,H,W] over [H,W,3] memory: the channels-last layout torch's fast uint8 resize reads.
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
     geometry = input_geometry(image.shape[-1], image.shape[-2], size, resize)
@@ -262,7 +262,8 @@ class CocoFormatDataset:
         from which `.to(device, non_blocking=True)` copies without holding up the caller."""
         size = preprocessing.input_size
         read = functools.partial(self._read_resized, size=size)
-        outcomes = list(decoders.map(read, image_ids)) if decoders else [read(image_id) for image_id in image_ids]
+        outcomes = (list(decoders.map(read, image_ids)) if decoders is not None
+                    else [read(image_id) for image_id in image_ids])
         resized, samples, failures = [], [], {}
         for image_id, outcome in zip(image_ids, outcomes, strict=True):
             if isinstance(outcome, str):
@@ -286,7 +287,7 @@ class CocoFormatDataset:
 
     def batches(self, image_ids: Sequence[int], batch_size: int, preprocessing: Preprocessing,
                 with_masks: bool = True, read_ahead: int = 1, decode_threads: int = 1,
-                pin_memory: bool = False) -> Iterator[Batch]:
+                pin_memory: bool = False) -> Generator[Batch, None, None]:
         """`load_batch` over consecutive `batch_size` slices of `image_ids`, in order, with the next `read_ahead`
         batches read by a background thread while the caller works on the current one (0: read each when asked),
         each batch's images decoded by `decode_threads` threads (and pinned there, with `pin_memory`)."""
