@@ -242,7 +242,7 @@ def _prepare(model: nn.Module, layer: str, images: torch.Tensor,
 def _row_seed(seed: int, image: np.ndarray, target: int | None) -> int:
     """The start's seed of one (image, target) row: a keyed hash of the image's pixels (C order, float32), so a row
     starts the same whatever else is in its batch."""
-    content = memoryview(np.ascontiguousarray(image)).cast("B")
+    content = np.ascontiguousarray(image).data
     digest = hashlib.blake2b(content, digest_size=8, key=str((seed, target)).encode()).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
