@@ -20,22 +20,24 @@ class Preprocessing:
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         """Map a [N,3,H,W] batch in [0,1] to the model's input space."""
-        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device)
-        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device)
-        return (images01 - mean[:, None, None]) / std[:, None, None]
+        mean, std = self._statistics(images01)
+        return (images01 - mean) / std
 
     def normalize_(self, images01: torch.Tensor) -> torch.Tensor:
         """`normalize` in place (the same arithmetic), for a batch the caller owns."""
-        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device)
-        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device)
-        return images01.sub_(mean[:, None, None]).div_(std[:, None, None])
+        mean, std = self._statistics(images01)
+        return images01.sub_(mean).div_(std)
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Inverse of `normalize`: model input space back to [0,1] pixels."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
-        return images * std[:, None, None] + mean[:, None, None]
+        mean, std = self._statistics(images)
+        return images * std + mean
 
+    def _statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std [3,1,1] in the dtype and on the device of `like`."""
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.std, dtype=like.dtype, device=like.device)
+        return mean[:, None, None], std[:, None, None]
 
 IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
