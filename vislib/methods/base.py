@@ -89,10 +89,18 @@ that only read the model's scores of many perturbed inputs."""
 def forward_precision(device: torch.device, precision: str) -> torch.autocast:
     """The context forward-only passes run in: `float32` leaves the model as it is; `bfloat16` runs its
     convolutions and matrix products in bfloat16 under autocast (GPUs with bfloat16 tensor cores run them about
-    twice as fast). Callers convert the scores to float32 before using them."""
+    twice as fast). Callers convert the scores to float32 before using them (`forward_scores`)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def forward_scores(model: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """The model's float32 logits of `images`, its forward pass run in `precision` (`forward_precision`) on the
+    fast layout; callers that need no gradient call it under `torch.no_grad`."""
+    with forward_precision(images.device, precision):
+        logits = model(fast_layout(images))
+    return logits.float()
 
 
 def choose_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

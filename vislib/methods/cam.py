@@ -19,7 +19,7 @@ from vislib.methods.base import (
     AttributionMethod,
     choose_targets,
     fast_layout,
-    forward_precision,
+    forward_scores,
     register,
 )
 from vislib.methods.hooks import LayerCapture, capture_layer, frozen_model
@@ -527,9 +527,7 @@ class ScoreCAM(CAMMethod):
                     masks = variants.scales[variant, None, None] * masks
                 if variants.offsets is not None:
                     masks = masks + variants.offsets[variant]
-            with forward_precision(images.device, self.params["precision"]):
-                logits = model(fast_layout(images[r] * masks[:, None].to(images.dtype)))
-            logits = logits.float()
+            logits = forward_scores(model, images[r] * masks[:, None].to(images.dtype), self.params["precision"])
             if probabilities:
                 logits = torch.softmax(logits, dim=1)
             scores[start:start + step] = logits.gather(1, targets[r][:, None])[:, 0]

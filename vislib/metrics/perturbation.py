@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vislib.methods.base import PRECISIONS, fast_layout, forward_precision
+from vislib.methods.base import PRECISIONS, forward_scores
 from vislib.metrics.base import Metric, MetricInput, MetricResult, register
 from vislib.params import param, with_defaults
 
@@ -62,13 +62,12 @@ def _probability_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def target_probability(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
                        max_batch: int, precision: str = "float32") -> torch.Tensor:
     """Softmax probability of each image's target class, in forwards of at most `max_batch` images run in
-    `precision` (`forward_precision`)."""
+    `precision` (`forward_scores`)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(images), max_batch):
-            with forward_precision(images.device, precision):
-                logits = model(fast_layout(images[start:start + max_batch]))
-            out.append(_probability_of(logits.float(), targets[start:start + max_batch]))
+            logits = forward_scores(model, images[start:start + max_batch], precision)
+            out.append(_probability_of(logits, targets[start:start + max_batch]))
     return torch.cat(out)
 
 
@@ -132,9 +131,8 @@ class _Curve(Metric):
                 image_index, step_index = pairs[start:start + max_batch].unbind(1)
                 moved = rank[image_index] < counts[step_index].view(-1, 1, 1, 1)
                 perturbed = torch.where(moved, move_to[image_index], start_from[image_index])
-                with forward_precision(images.device, self.params["precision"]):
-                    logits = model(fast_layout(perturbed))
-                probs.append(_probability_of(logits.float(), batch.targets[image_index]))
+                logits = forward_scores(model, perturbed, self.params["precision"])
+                probs.append(_probability_of(logits, batch.targets[image_index]))
         return torch.cat(probs).reshape(n, len(counts))
 
     def compute(self, batch: MetricInput) -> MetricResult:
