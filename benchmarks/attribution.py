@@ -27,7 +27,7 @@ from captum._utils.models.linear_model import SkLearnRidge  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform  # noqa: E402
-from timing import best_seconds, synchronize  # noqa: E402
+from timing import best_seconds, device_name, synchronize  # noqa: E402
 
 from vislib import methods, models  # noqa: E402
 from vislib.data.dataset import CocoFormatDataset  # noqa: E402
@@ -503,10 +503,8 @@ def photos(net: torch.nn.Module, workdir: Path) -> torch.Tensor:
 
 def device_description() -> str:
     """Where the benchmark ran, for the results' header."""
-    cpu = f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}"
-    if DEVICE.type == "cuda":
-        return f"{torch.cuda.get_device_name(DEVICE)} ({cpu})"
-    return f"CPU ({cpu}{', a GPU present but unused' if torch.cuda.is_available() else ', no GPU'})"
+    processor = platform.processor() or platform.machine()
+    return f"{device_name(DEVICE)} ({torch.get_num_threads()} CPU threads, {processor})"
 
 
 def fmt(value: float | None) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timing import best_seconds
+from timing import best_seconds, device_name
 
 from vislib import models
 from vislib.data import dataset as dataset_module
@@ -286,11 +286,7 @@ def main() -> None:
             jobs.append(job_row(f"evaluate: demonet, 64 px, {', '.join(EVALUATE_METRICS)}", threads,
                                 evaluate_runs(dataset, ids, args.batch_size, threads), args.repeats))
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-    if DEVICE.type == "cuda":
-        machine += f"jobs on {torch.cuda.get_device_name(DEVICE)}"
-    else:
-        machine += "a GPU present but unused" if torch.cuda.is_available() else "no GPU"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, jobs on {device_name(DEVICE)}"
     if os.nice(0):
         machine += f", run at niceness {os.nice(0)} (ahead of the machine's other work)"
     lines = [

@@ -9,6 +9,13 @@ from collections.abc import Callable
 import torch
 
 
+def device_name(device: torch.device) -> str:
+    """What the models ran on, for a results header: the GPU's name, or the CPU and whether a GPU sat unused."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "CPU, a GPU present but unused" if torch.cuda.is_available() else "CPU, no GPU"
+
+
 def synchronize(device: torch.device | None) -> None:
     """Wait for queued CUDA work, so a timer stops when the work is done rather than when it was queued."""
     if device is not None and device.type == "cuda":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from timing import device_name
 
 from vislib import models
 from vislib.config import metric_spec
@@ -138,13 +139,6 @@ def method_seconds(workdir: Path) -> float:
     return statistics.mean(load_shard(p).seconds for p in shards)
 
 
-def device_description(device: str, gpus: int) -> str:
-    """Where the jobs ran, for the results' header."""
-    if not device.startswith("cuda"):
-        return "CPU"
-    return f"{torch.cuda.get_device_name(0)}, `--resources gpu={gpus}`"
-
-
 def kept_notes(path: Path) -> str:
     """The hand-written `## Notes` section of an existing results file, or nothing."""
     if not path.exists():
@@ -186,12 +180,13 @@ def main() -> None:
     torch_start = import_seconds("import torch")
     jobs_start = import_seconds("import vislib.jobs.explain")
     n = args.images * len(METHODS)
+    where = device_name(torch.device(args.device)) + (f", `--resources gpu={gpus}`" if gpus else "")
     n_jobs = 2 * len(METHODS) * shard_count(args.images, args.shard_size)
     lines = [
         "# Workflow throughput vs calling vislib directly", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other work "
         f"(1-min load average at the end {os.getloadavg()[0]:.1f}), `--cores {args.cores}`, "
-        f"{args.cores} torch threads on the direct side, {device_description(args.device, gpus)}, job_threads "
+        f"{args.cores} torch threads on the direct side, {where}, job_threads "
         f"{args.job_threads}, torch {torch.__version__}. Model demonet "
         f"(random weights, 64 px), layer {LAYER}, methods {', '.join(METHODS)}, metrics {', '.join(METRICS)}; "
         f"shard size {args.shard_size}, batch size {args.batch_size}. Fastest of {args.repeats} runs per side "
