@@ -36,13 +36,14 @@ def trained_batch(trained_demonet):
     return net, val.load_batch(val.image_ids()[:8], models.preprocessing_of(net))
 
 
-@pytest.mark.parametrize("method,params", [("scorecam", {}), ("sscam", {"samples": 4}), ("iscam", {"steps": 4})])
+@pytest.mark.parametrize("method,params", [("scorecam", {}), ("sscam", {"samples": 2}), ("iscam", {"steps": 2})])
 def test_score_cams_in_bfloat16_stay_within_their_bound(trained_batch, method, params):
     net, batch = trained_batch
+    images, labels = batch.images[:4], batch.labels[:4]  # every channel of every image is a masked pass
     full, half = (methods.get(method, precision=precision, **params).explain(
-        net, "features.14", batch.images, batch.labels).maps for precision in ("float32", "bfloat16"))
+        net, "features.14", images, labels).maps for precision in ("float32", "bfloat16"))
     assert not torch.equal(full, half)
-    # Measured: the largest difference 0.05% (Score-CAM), 0.4% (SS-CAM), 0.13% (IS-CAM) of the largest map value,
+    # Measured: the largest difference 0.05% (Score-CAM), 0.7% (SS-CAM), 0.08% (IS-CAM) of the largest map value,
     # correlation above 0.9999 on every image.
     assert (full - half).abs().max() <= 0.02 * full.abs().max()
     for a, b in zip(full.numpy(), half.numpy(), strict=True):
