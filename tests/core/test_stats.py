@@ -16,6 +16,7 @@ from vislib.aggregate import summarize, write_tables
 from vislib.io import provenance, read_metadata
 from vislib.jobs.figures import comparison_figure
 from vislib.stats import (
+    BATCH_VALUES,
     bootstrap_interval,
     compare_methods,
     compare_pair,
@@ -111,6 +112,18 @@ def test_bca_on_a_skewed_sample_brackets_the_mean_and_differs_from_percentile():
     # Where BCa is undefined (every value equal) the percentile interval is used and says so.
     assert bootstrap_interval(np.full(10, 0.3)) == (pytest.approx(0.3), pytest.approx(0.3), "percentile")
     assert bootstrap_interval(np.array([0.3, np.nan])).method == "none"
+
+
+@pytest.mark.parametrize(("n", "seed"), [(5, 4), (37, 2), (200, 1), (1000, 3)])
+def test_bca_equals_scipys_with_its_generic_jackknife(n, seed):
+    values = np.random.default_rng(seed).lognormal(0.0, 1.0, n)
+    scipy_bca = scipy_stats.bootstrap((values,), np.mean, n_resamples=2000, method="BCa",
+                                      batch=max(1, BATCH_VALUES // n), vectorized=True,
+                                      random_state=np.random.default_rng(seed)).confidence_interval
+    interval = bootstrap_interval(values, seed=seed)
+    assert interval.method == "bca"
+    assert (interval.low, interval.high) == (pytest.approx(scipy_bca.low, rel=1e-12),
+                                             pytest.approx(scipy_bca.high, rel=1e-12))
 
 
 def test_a_group_of_50000_values_stays_below_300_mb():
