@@ -102,7 +102,8 @@ def probe_entry(entry: dict[str, Any]) -> str:
 
 @functools.cache
 def _probe_model(spec_json: str) -> torch.nn.Module:
-    return models.load_spec(json.loads(spec_json))
+    """The model's structure (on the meta device where it can be: shapes and layers without weights)."""
+    return models.load_spec(json.loads(spec_json), device="meta")
 
 
 def configured_model(config: dict, model: str) -> torch.nn.Module:
@@ -128,7 +129,7 @@ def _output_shape(spec_json: str, layer: str | None) -> tuple[int, ...]:
     """Shape of `layer`'s output (the logits for None) on one image of the model's input size."""
     model = _probe_model(spec_json)
     size = models.preprocessing_of(model).input_size
-    sample = models.probe_image(size)
+    sample = models.probe_image(size, models.model_device(model))
     if layer is None:
         with torch.no_grad():
             return tuple(model(sample).shape)

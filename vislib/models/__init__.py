@@ -1,7 +1,7 @@
 """Model registry: architectures by name, weights, carried preprocessing and layer lookup."""
 
 from vislib.models import demonet, efficientnet_lite, timm_models, torchvision_models  # noqa: F401  (registration)
-from vislib.models.layout import Layout, layer_layout, probe_image, spatial_view
+from vislib.models.layout import Layout, layer_layout, model_device, probe_image, spatial_view
 from vislib.models.registry import (
     ARCH_FAMILIES,
     MODELS,
@@ -31,6 +31,7 @@ __all__ = [
     "layer_layout",
     "layer_layouts",
     "load_spec",
+    "model_device",
     "probe_image",
     "default_layer_of",
     "imagenet_class_names",

@@ -220,6 +220,12 @@ class LayerProbe:
         return candidates[-1]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def probe_image(input_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """A seeded noise image [1,3,S,S] for shape probes.
 
@@ -252,9 +258,7 @@ def probe_layers(model: nn.Module, input_size: int, gradients: bool = False) -> 
                     inputs[name] = args[0] if args else None
 
         handles.append(module.register_forward_hook(record))
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    image = probe_image(input_size, device)
+    image = probe_image(input_size, model_device(model))
     generator = torch.Generator().manual_seed(0)
     try:
         with torch.set_grad_enabled(gradients):
