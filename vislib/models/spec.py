@@ -116,9 +116,8 @@ def load_spec(spec: ModelSpec | Mapping[str, Any], device: str | torch.device = 
     """
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.from_config(spec)
-    structure_only = torch.device(device).type == "meta" and bool(spec.arch) and spec.weights == "random"
-    if structure_only:
-        loaded = _structure_or_cpu(spec)
+    if torch.device(device).type == "meta" and spec.arch and spec.weights == "random":
+        loaded = _structure_or_cpu(spec.arch, spec)
         device = model_device(loaded.module)
     else:
         device = "cpu" if torch.device(device).type == "meta" else device
@@ -129,14 +128,14 @@ def load_spec(spec: ModelSpec | Mapping[str, Any], device: str | torch.device = 
     return finish(loaded, spec.name, device)
 
 
-def _structure_or_cpu(spec: ModelSpec) -> LoadedModel:
+def _structure_or_cpu(arch: str, spec: ModelSpec) -> LoadedModel:
     """The architecture as structure alone on the meta device, or on the CPU where its default layer would come
     from a probe's gradients (values the meta device does not have)."""
     with torch.device("meta"):
-        loaded = build(spec.arch, spec.weights, spec.num_classes)
+        loaded = build(arch, spec.weights, spec.num_classes)
     if spec.layer or loaded.default_layer:
         return loaded
-    return build(spec.arch, spec.weights, spec.num_classes)
+    return build(arch, spec.weights, spec.num_classes)
 
 
 def _user_model(spec: ModelSpec) -> LoadedModel:
