@@ -147,6 +147,43 @@ def test_an_affine_tail_is_replaced_by_its_logit_columns(arch, layer, path):
             torch.testing.assert_close(tail(masks), graph(masks), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch,layer", [("resnet18", "layer4"), ("googlenet", "inception5b"),
+                                        ("demonet", "features.14")])
+def test_columns_after_global_pooling_equal_one_tail_pass_per_position(arch, layer, monkeypatch):
+    torch.manual_seed(0)
+    net = models.load(arch, "random")
+    x = _images(3, 64)
+    with frozen_model(net):
+        pooled = l2caf._prepare(net, layer, x, "l2caf_oblivious")[0]
+        monkeypatch.setattr(l2caf, "_after_global_pooling", lambda tail: None)
+        per_position = l2caf._prepare(net, layer, x, "l2caf_oblivious")[0]
+        assert pooled._pooled_rest is not None and per_position._pooled_rest is None
+        scale = float(per_position.columns.abs().max())
+        torch.testing.assert_close(pooled.columns, per_position.columns, rtol=1e-4, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("name,finalizer,path", [
+    ("l2caf_specific", "l2", "fx-affine"),  # needs no columns: the memory limit does not apply
+    ("l2caf_specific", "softmax", "fx-affine"),
+    ("l2caf_specific", "gauss", "fx"),  # autograd through the columns
+    ("l2caf_oblivious", "l2", "fx"),  # its quadratic term is made of the columns
+])
+def test_only_runs_that_form_the_columns_are_held_to_their_memory_limit(demonet, monkeypatch, name, finalizer, path):
+    monkeypatch.setattr(l2caf, "_AFFINE_MAX_BYTES", 0)
+    taken = []
+    prepare = l2caf._prepare
+
+    def recording(*args):
+        prepared = prepare(*args)
+        taken.append(prepared[0].path)
+        return prepared
+
+    monkeypatch.setattr(l2caf, "_prepare", recording)
+    result = methods.get(name, max_iters=20, check_every=5, finalizer=finalizer).explain(
+        demonet, "features.14", _images(2, 64))
+    assert taken == [path] and torch.isfinite(result.maps).all()
+
+
 @pytest.mark.parametrize("finalizer", ["l2", "softmax", "gauss"])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_affine_columns_give_the_graph_tail_result(demonet, monkeypatch, name, finalizer):
