@@ -84,9 +84,9 @@ def bootstrap_interval(values: np.ndarray, level: float = LEVEL, n_resamples: in
                        batch=max(1, BATCH_VALUES // len(values)), method="percentile", vectorized=True,
                        **_rng_argument(seed))
     if np.ptp(values) > 0:
-        low, high = np.quantile(result.bootstrap_distribution, _bca_levels(values, result.bootstrap_distribution,
-                                                                           level))
-        if np.isfinite(low) and np.isfinite(high):
+        levels = _bca_levels(values, result.bootstrap_distribution, level)
+        if np.isfinite(levels).all():
+            low, high = np.quantile(result.bootstrap_distribution, levels)
             return Interval(float(low), float(high), "bca")
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if np.isfinite(low) and np.isfinite(high):
@@ -104,7 +104,9 @@ def _bca_levels(values: np.ndarray, means: np.ndarray, level: float) -> tuple[fl
     # The mean of the fractions below and at-or-below the estimate, as SciPy counts it.
     below = (np.count_nonzero(means < mean) + np.count_nonzero(means <= mean)) / (2 * len(means))
     bias = ndtri(below)
+    # The acceleration does not change with the values' scale; scaled to at most 1, their powers cannot overflow.
     deviations = values - mean
+    deviations = deviations / np.abs(deviations).max()
     acceleration = (deviations**3).sum() / (6 * ((deviations**2).sum()) ** 1.5)
     z = ndtri((1 - level) / 2)
     levels = []

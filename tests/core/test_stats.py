@@ -126,6 +126,16 @@ def test_bca_equals_scipys_with_its_generic_jackknife(n, seed):
                                              pytest.approx(scipy_bca.high, rel=1e-12))
 
 
+@pytest.mark.parametrize("scale", [1e-110, 1e103])
+def test_bca_scales_with_values_far_from_one(scale):
+    values = np.random.default_rng(0).lognormal(0.0, 1.0, 200)
+    unscaled = bootstrap_interval(values)
+    interval = bootstrap_interval(values * scale)
+    assert interval.method == "bca"
+    assert (interval.low, interval.high) == (pytest.approx(unscaled.low * scale, rel=1e-9),
+                                             pytest.approx(unscaled.high * scale, rel=1e-9))
+
+
 def test_a_group_of_50000_values_stays_below_300_mb():
     values = np.random.default_rng(0).lognormal(0.0, 1.0, 50_000)
     tracemalloc.start()

@@ -129,10 +129,14 @@ def load_spec(spec: ModelSpec | Mapping[str, Any], device: str | torch.device = 
 
 
 def _structure_or_cpu(arch: str, spec: ModelSpec) -> LoadedModel:
-    """The architecture as structure alone on the meta device, or on the CPU where its default layer would come
-    from a probe's gradients (values the meta device does not have)."""
-    with torch.device("meta"):
-        loaded = build(arch, spec.weights, spec.num_classes)
+    """The architecture as structure alone on the meta device, or on the CPU where building it or finding its
+    default layer needs values the meta device does not have (RegNet's constructor turns a tensor of block widths
+    into a list; a default layer without a table entry comes from a probe's gradients)."""
+    try:
+        with torch.device("meta"):
+            loaded = build(arch, spec.weights, spec.num_classes)
+    except Exception:  # reading a meta tensor's values raises one of several types; a real error recurs on the CPU
+        return build(arch, spec.weights, spec.num_classes)
     if spec.layer or loaded.default_layer:
         return loaded
     return build(arch, spec.weights, spec.num_classes)
