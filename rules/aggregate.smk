@@ -26,7 +26,7 @@ rule aggregate:
         Paths.benchmark("aggregate", "{experiment}")
     resources:
         mem_mb=scaled(2000),
-        # BCa intervals and paired comparisons: about 8 s per 50,000-image group or method pair on one core.
+        # BCa intervals and paired comparisons: under a second per 50,000-image group or method pair on one core.
         runtime=scaled(60),
     conda:
         "../envs/vislib.yaml"

@@ -10,7 +10,8 @@ import pytest
 from vislib import models
 from vislib.aggregate import bootstrap_ci, summarize, write_tables
 from vislib.data.dataset import CocoFormatDataset
-from vislib.io import HeatmapShard, provenance, write_parquet
+from vislib.io import HeatmapShard, provenance, read_metadata, write_parquet
+from vislib.jobs.aggregate import aggregate
 from vislib.jobs.figures import metric_bars, sanity_figure
 from vislib.metrics import METRICS
 from vislib.pipeline import evaluate_shard, rows_to_table
@@ -80,6 +81,24 @@ def test_bad_input_becomes_nan_rows_with_reasons_and_aggregation_goes_on(shapes_
         assert all(f"vislib.{key}".encode() in stored for key in PROVENANCE_KEYS)
     metric_bars(summary=tmp_path / "summary.parquet", out=tmp_path / "bars.png", title="t")
     assert (tmp_path / "bars.png").stat().st_size > 1000
+
+
+def test_the_aggregate_job_records_the_devices_its_shards_ran_on_and_claims_no_gpu(tmp_path):
+    """With `device: cuda` the aggregate job runs on a CPU (its rule asks for no GPU): it neither resolves nor
+    claims a GPU, which failed on a node without one (as here), and its tables name the evaluate jobs' GPUs."""
+    rows = [{"experiment": "t", "dataset": "d", "model": "m", "layer": "l", "method": "x", "metric": "y",
+             "target_mode": "label", "image_id": i, "target": 0, "value": float(i), "reason": "",
+             "seconds_per_image": 0.1} for i in range(6)]
+    shards = []
+    for k, device in enumerate(("cuda:1", "cuda:0", "cuda:1")):
+        shards.append(str(tmp_path / f"shard_{k}.parquet"))
+        write_parquet(shards[-1], rows_to_table(rows[2 * k:2 * k + 2]), provenance(None, device))
+    outputs = {name: str(tmp_path / f"{name}.out") for name in
+               ("metrics", "summary", "summary_md", "summary_html", "comparisons")}
+    aggregate(metric_shards=shards, **outputs, experiment="t", experiment_config={"device": "cuda"}, device="cuda")
+    for name in ("metrics", "summary"):
+        assert read_metadata(outputs[name])["device"] == "cuda:0, cuda:1"
+    assert pq.read_table(outputs["metrics"]).num_rows == 6
 
 
 def test_summary_of_an_all_nan_group_is_nan_not_an_error():

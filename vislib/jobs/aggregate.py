@@ -10,21 +10,27 @@ import torch
 
 from vislib import models
 from vislib.data import DatasetRef
-from vislib.io import load_shard, provenance
+from vislib.io import load_shard, provenance, read_metadata
 from vislib.methods import get as get_method
 from vislib.methods import to_display_maps
 from vislib.metrics import target_boxes
-from vislib.pipeline import load_model, resolve_device
+from vislib.pipeline import load_model
 
 
 def aggregate(*, metric_shards: list[str], metrics: str, summary: str, summary_md: str, summary_html: str,
-              comparisons: str,
-              experiment: str, experiment_config: dict[str, Any], device: str) -> None:
+              comparisons: str, experiment: str, experiment_config: dict[str, Any], device: str) -> None:
     """Aggregate an experiment's metric shards into metrics.parquet, summary.parquet, comparisons.parquet and
-    summary.md."""
+    summary.md.
+
+    The tables' `device` is that of the evaluate jobs that made the shards (each records its own, e.g. `cuda:1`),
+    the distinct ones joined by ", "; the configured `device` where there are no shards. The job itself runs on a
+    CPU (its rule asks for no GPU): resolving `cuda` here claimed a GPU it does not use, and failed on a node
+    without one or while other jobs held every GPU.
+    """
     from vislib.aggregate import write_tables
 
-    meta = provenance(experiment_config, str(resolve_device(device)))
+    devices = sorted({read_metadata(path).get("device", "") for path in metric_shards} - {""})
+    meta = provenance(experiment_config, ", ".join(devices) or device)
     meta["experiment_config"] = json.dumps(experiment_config, sort_keys=True, default=str)
     write_tables(metric_shards, metrics, summary, summary_md, meta, title=experiment, comparisons_path=comparisons,
                  summary_html_path=summary_html)
