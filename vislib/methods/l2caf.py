@@ -98,7 +98,6 @@ class _AffineTail:
     def __init__(self, tail: split.GraphTail, activation: torch.Tensor) -> None:
         n, _, h, w = activation.shape
         self._tail, self._grid = tail, (h, w)
-        self._pooled_rest = _after_global_pooling(tail.module) if isinstance(tail.layout, ChannelsFirst) else None
         self._activation = activation
         self._every_image = torch.arange(n, device=activation.device)
         with torch.no_grad():
@@ -122,11 +121,12 @@ class _AffineTail:
         """Every image's columns [N,P,K]: one pass of the tail after its global average pooling, or one tail pass
         per position."""
         n, (h, w) = len(self._every_image), self._grid
-        if self._pooled_rest is not None:
+        pooled_rest = _after_global_pooling(self._tail.module) if isinstance(self._tail.layout, ChannelsFirst) else None
+        if pooled_rest is not None:
             # Pooling a grid masked to position p alone gives that position's vector over the grid's size.
             vectors = self._activation.flatten(2).transpose(1, 2).reshape(n * h * w, -1, 1, 1) / (h * w)
             with torch.no_grad():
-                return self._pooled_rest(vectors).view(n, h * w, -1) - self._bias_all[:, None]
+                return pooled_rest(vectors).view(n, h * w, -1) - self._bias_all[:, None]
         self._tail.select(self._every_image)
         with torch.no_grad():
             masks = self._bias_all.new_zeros(n, 1, h * w)
