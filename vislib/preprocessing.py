@@ -39,6 +39,7 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=like.dtype, device=like.device)
         return mean[:, None, None], std[:, None, None]
 
+
 IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
 
